@@ -8,18 +8,9 @@ import pytest
 from jax3dmmstn import geometry as G
 from jax3dmmstn import losses as L
 from jax3dmmstn import visibility as V
+from jax3dmmstn.morphable_model import grid_faces
 
 jax.config.update("jax_enable_x64", True)
-
-
-def _grid_faces(res):
-  k = lambda i, j: i + j * res
-  faces = []
-  for j in range(res - 1):
-    for i in range(res - 1):
-      faces += [[k(i, j), k(i + 1, j), k(i, j + 1)],
-                [k(i + 1, j + 1), k(i, j + 1), k(i + 1, j)]]
-  return np.array(faces)
 
 
 def _dome(res=24):
@@ -28,7 +19,7 @@ def _dome(res=24):
   u, v = (k % res) / (res - 1), 1 - (k // res) / (res - 1)
   x, y = (u - 0.5) * 2, (v - 0.5) * 2
   z = np.sqrt(np.clip(1.2 - x**2 - y**2, 0, None))
-  return np.stack([x * 70, y * 90, z * 60], -1)[None], _grid_faces(res)
+  return np.stack([x * 70, y * 90, z * 60], -1)[None], grid_faces(res)
 
 
 def test_plane_normals_closed_form():
