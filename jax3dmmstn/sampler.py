@@ -27,12 +27,20 @@ grid's dtype.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
+from jax.custom_derivatives import SymbolicZero
 import jax.numpy as jnp
 import numpy as np
 
 # The four bilinear neighbours as (row offset, column offset).
 _NEIGHBOUR_OFFSETS = ((0, 0), (1, 0), (0, 1), (1, 1))
+
+# Above this many channels the d/dgrid channel sum is a reduction; below it is
+# unrolled into adds, which XLA fuses into the surrounding loop (a reduction
+# over a trailing axis of 3 is a separate, slow kernel on CPU).
+_MAX_UNROLLED_CHANNELS = 16
 
 
 def _check_inputs(image, grid):
@@ -60,114 +68,243 @@ def _compute_dtype(image, grid):
                            jnp.float32)
 
 
-def _sample_points(image_flat, grid_flat, height, width):
-  """Neighbour indices, weights and values of every sample.
+# How the fast path works (benchmarks/sampler.py measures it; see
+# docs/performance_sampler.md). XLA on CPU pays for every pass over a
+# [samples, 2, 2, C] array and for every recomputation of the per-sample index
+# and weight arithmetic inside a fused loop, so:
+# * The forward pass reads each sample's 2 x 2 x C window of the image, viewed as
+#   a [B * H, W * C] matrix, with ONE gather of window (2, 2 * C). The window
+#   start is clamped into the image and each window column (row) gets the
+#   bilinear weight of the neighbour it holds, or 0 when it holds none: this is
+#   the per-neighbour zero padding, exactly, without padding (copying) the image.
+# * d/dimage is four 1-D scatter-adds of C-vectors into the [B * H * W, C] view
+#   (cheaper per element in XLA's CPU scatter than one scatter of 2 x 2C
+#   windows). It is only computed when the image is differentiated: the custom
+#   VJP uses symbolic zeros, so a grid-only gradient (a 3DMM-STN's image is an
+#   input) never builds it, with or without jit.
+# * d/dgrid needs the window values again. With d/dimage as well, it re-reads
+#   them as two 2-pixel rows per sample, a gather that XLA does not merge with
+#   the forward one and fuses into the d/dgrid loop, so no [samples, 2, 2, C]
+#   array is kept (less memory traffic, fewer fresh pages). Without d/dimage it
+#   uses the forward pass's gather, which XLA computes once for both passes.
+
+
+def _window_axis(position, size):
+  """One axis of the 2-wide window around ``position`` (pixel units).
 
   Args:
-    image_flat: ``[B * H * W, C]`` image with the batch folded into the rows.
-    grid_flat: ``[B, P, 2]`` (x, y) in [-1, 1], in the compute dtype.
+    position: ``[B, P]`` 0-based pixel coordinate (float).
+    size: the image's extent along this axis, >= 2.
   Returns:
-    (rows, valid, values, wx, wy): for each of the 4 neighbours (in
-    ``_NEIGHBOUR_OFFSETS`` order) its row in ``image_flat`` ``[B, P]`` (clipped
-    into its image, valid or not), whether it lies inside the image ``[B, P]``
-    and its pixel values ``[B, P, C]`` (0 outside); and the fractional
-    positions ``wx``, ``wy`` ``[B, P]`` inside the floor() cell.
+    start: ``[B, P]`` int32 first pixel of the window, in [0, size - 2].
+    weights: (w0, w1), ``[B, P]`` bilinear weights of pixels start and
+      start + 1 (0 for a pixel that is not a neighbour of the sample).
+    slopes: (s0, s1), ``[B, P]`` d weight / d position for the same pixels
+      (-1, +1 or 0): the one-sided derivative inside the floor() cell.
   """
-  batch = grid_flat.shape[0]
+  floor = jnp.floor(position)
+  frac = position - floor
+  # Far outside stays far outside (and the int32 cast cannot overflow).
+  floor = jnp.clip(floor, -2, size)
+  start = jnp.clip(floor, 0, size - 2)
+  floor_is_first = floor == start  # neighbours: start (floor), start + 1
+  ceil_is_first = floor + 1 == start  # floor = -1: start is the ceil neighbour
+  floor_is_second = floor == start + 1  # floor = size - 1: start + 1 is floor
+  # frac * 0 rather than 0 so that a NaN position still gives NaN.
+  zero = frac * 0
+  one = jnp.ones_like(frac)
+  w0 = jnp.where(floor_is_first, 1 - frac,
+                 jnp.where(ceil_is_first, frac, zero))
+  w1 = jnp.where(floor_is_first, frac,
+                 jnp.where(floor_is_second, 1 - frac, zero))
+  s0 = jnp.where(floor_is_first, -one, jnp.where(ceil_is_first, one, zero))
+  s1 = jnp.where(floor_is_first, one, jnp.where(floor_is_second, -one, zero))
+  # Clip the integer too: a NaN position must not index outside the image.
+  start = jnp.clip(start.astype(jnp.int32), 0, size - 2)
+  return start, (w0, w1), (s0, s1)
+
+
+class _Windows(NamedTuple):
+  """Per-sample window geometry, all ``[B, P]`` (``P = group * Ho * Wo``)."""
+  row: jax.Array  # first window row in the [B * Hp, Wp * C] view (int32)
+  col: jax.Array  # first window pixel column (int32)
+  wx: tuple  # (w0, w1) x weights of columns col, col + 1
+  sx: tuple  # (s0, s1) their slopes d w / d x (pixel units)
+  wy: tuple  # (w0, w1) y weights of rows row, row + 1
+  sy: tuple  # (s0, s1) their slopes d w / d y
+
+
+def _sample_windows(grid, batch, height, width, padded_height, padded_width,
+                    dtype):
+  """Window of every sample.
+
+  Args:
+    grid: ``[Bo, Ho, Wo, 2]``; output ``b * group + j`` samples image ``b``.
+    batch, height, width: the image's B, H, W (they define the coordinates).
+    padded_height, padded_width: the extents actually indexed (>= 2).
+    dtype: the compute dtype.
+  Returns:
+    ``_Windows``.
+  """
+  grid_flat = grid.astype(dtype).reshape(batch, -1, 2)
   px = (grid_flat[..., 0] + 1) * 0.5 * (width - 1)
   py = (grid_flat[..., 1] + 1) * 0.5 * (height - 1)
-  x0 = jnp.floor(px)
-  y0 = jnp.floor(py)
-  wx = px - x0
-  wy = py - y0
-  x0 = x0.astype(jnp.int32)
-  y0 = y0.astype(jnp.int32)
-  first_row = (jnp.arange(batch, dtype=jnp.int32) * (height * width))[:, None]
-  rows, valid, values = [], [], []
-  for dy, dx in _NEIGHBOUR_OFFSETS:
-    xi, yi = x0 + dx, y0 + dy
-    inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
-    row = first_row + (jnp.clip(yi, 0, height - 1) * width +
-                       jnp.clip(xi, 0, width - 1))
-    value = jnp.take(image_flat, row, axis=0, mode="clip")
-    rows.append(row)
-    valid.append(inside)
-    values.append(jnp.where(inside[..., None], value, 0))
-  return rows, valid, values, wx, wy
+  col, wx, sx = _window_axis(px, padded_width)
+  start_y, wy, sy = _window_axis(py, padded_height)
+  row = jnp.arange(batch, dtype=jnp.int32)[:, None] * padded_height + start_y
+  return _Windows(row, col, wx, sx, wy, sy)
 
 
-def _corner_weights(wx, wy, dy, dx):
-  """Bilinear weight of neighbour (dy, dx): ``[B, P]``."""
-  return (wx if dx else 1 - wx) * (wy if dy else 1 - wy)
+def _gather_windows(image, windows):
+  """``image [B, Hp, Wp, C]`` -> ``v[i][j]``, ``[B, P, C]``: window pixel (i, j).
+
+  One gather of (2, 2C) blocks from the ``[B * Hp, Wp * C]`` view.
+  """
+  batch, padded_height, padded_width, channels = image.shape
+  dims = jax.lax.GatherDimensionNumbers(
+      offset_dims=(2, 3), collapsed_slice_dims=(), start_index_map=(0, 1))
+  starts = jnp.stack([windows.row, windows.col * channels], -1)  # [B, P, 2]
+  blocks = jax.lax.gather(
+      image.reshape(batch * padded_height, padded_width * channels), starts,
+      dims, (2, 2 * channels),
+      mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+  blocks = blocks.reshape(windows.row.shape + (2, 2, channels))
+  return [[blocks[:, :, i, j] for j in (0, 1)] for i in (0, 1)]
 
 
-def _flatten(image, grid, dtype):
-  batch, height, width, channels = image.shape
-  out_batch, out_h, out_w, _ = grid.shape
-  group = out_batch // batch
-  image_flat = image.astype(dtype).reshape(batch * height * width, channels)
-  # Output n = b * group + j samples image b: put a group's grids side by side.
-  grid_flat = grid.astype(dtype).reshape(batch, group * out_h * out_w, 2)
-  return image_flat, grid_flat
+def _gather_window_rows(image, windows):
+  """Same values as ``_gather_windows``, read as two 2-pixel rows per sample.
+
+  A different HLO gather on purpose: see the note above ``_window_axis``.
+  """
+  batch, padded_height, padded_width, channels = image.shape
+  dims = jax.lax.GatherDimensionNumbers(
+      offset_dims=(2, 3), collapsed_slice_dims=(), start_index_map=(0,))
+  first_pixel = windows.row * padded_width + windows.col
+  pixels = image.reshape(-1, channels)
+  rows = [
+      jax.lax.gather(pixels, (first_pixel + i * padded_width)[..., None], dims,
+                     (2, channels),
+                     mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+      for i in (0, 1)]  # [B, P, 2, C] each
+  return [[rows[i][:, :, j] for j in (0, 1)] for i in (0, 1)]
+
+
+def _pad_to_two(image):
+  """Zero-pads a 1-pixel-high or -wide image to 2 so that windows fit.
+
+  The extra pixel lies outside the image, where samples read 0 anyway.
+  """
+  _, height, width, _ = image.shape
+  if height >= 2 and width >= 2:
+    return image
+  return jnp.pad(image, ((0, 0), (0, max(0, 2 - height)),
+                         (0, max(0, 2 - width)), (0, 0)))
+
+
+def _channel_sum(x):
+  """``[..., C] -> [...]``."""
+  if x.shape[-1] > _MAX_UNROLLED_CHANNELS:
+    return jnp.sum(x, axis=-1)
+  total = x[..., 0]
+  for c in range(1, x.shape[-1]):
+    total = total + x[..., c]
+  return total
+
+
+def _prepare(image, grid):
+  """Compute-dtype image padded to >= 2 x 2, and the windows of the grid."""
+  dtype = _compute_dtype(image, grid)
+  batch, height, width, _ = image.shape
+  padded = _pad_to_two(image.astype(dtype))
+  _, padded_height, padded_width, _ = padded.shape
+  windows = _sample_windows(grid, batch, height, width, padded_height,
+                            padded_width, dtype)
+  return padded, windows
 
 
 def _forward(image, grid):
-  dtype = _compute_dtype(image, grid)
-  _, height, width, channels = image.shape
-  image_flat, grid_flat = _flatten(image, grid, dtype)
-  rows, valid, values, wx, wy = _sample_points(image_flat, grid_flat, height,
-                                               width)
-  out = 0
-  for k, (dy, dx) in enumerate(_NEIGHBOUR_OFFSETS):
-    out = out + _corner_weights(wx, wy, dy, dx)[..., None] * values[k]
-  out = out.reshape(grid.shape[:3] + (channels,)).astype(image.dtype)
-  return out, (rows, valid, values, wx, wy)
+  padded, w = _prepare(image, grid)
+  v = _gather_windows(padded, w)
+  e = lambda a: a[..., None]
+  (wx0, wx1), (wy0, wy1) = w.wx, w.wy
+  # Same order of terms as _NEIGHBOUR_OFFSETS.
+  out = (e(wx0 * wy0) * v[0][0] + e(wx0 * wy1) * v[1][0] +
+         e(wx1 * wy0) * v[0][1] + e(wx1 * wy1) * v[1][1])
+  return out.reshape(grid.shape[:3] + (image.shape[-1],)).astype(image.dtype)
+
+
+def _image_gradient(padded_shape, w, d, height, width):
+  """d/dimage ``[B, H, W, C]`` from the cotangent ``d [B, P, C]``.
+
+  Every window pixel receives its weight * d (weight 0 for pixels that are not
+  neighbours of the sample).
+  """
+  batch, padded_height, padded_width, channels = padded_shape
+  (wx0, wx1), (wy0, wy1) = w.wx, w.wy
+  first_pixel = w.row * padded_width + w.col
+  d_image = jnp.zeros((batch * padded_height * padded_width, channels), d.dtype)
+  for offset, weight in ((0, wx0 * wy0), (1, wx1 * wy0),
+                         (padded_width, wx0 * wy1),
+                         (padded_width + 1, wx1 * wy1)):
+    d_image = d_image.at[first_pixel + offset].add(
+        weight[..., None] * d, mode="promise_in_bounds")
+  d_image = d_image.reshape(padded_shape)
+  return d_image[:, :height, :width]
+
+
+def _grid_gradient(v, w, d, height, width):
+  """d/dgrid ``[B, P, 2]``: derivative of the interpolant in the floor() cell.
+
+  Summed over channels; pixels outside the image are never in a window, and
+  window pixels that are not neighbours have weight and slope 0.
+  """
+  (wx0, wx1), (sx0, sx1) = w.wx, w.sx
+  (wy0, wy1), (sy0, sy1) = w.wy, w.sy
+  vd = [[_channel_sum(v[i][j] * d) for j in (0, 1)] for i in (0, 1)]
+  d_px = (wy0 * (sx0 * vd[0][0] + sx1 * vd[0][1]) +
+          wy1 * (sx0 * vd[1][0] + sx1 * vd[1][1]))
+  d_py = (wx0 * (sy0 * vd[0][0] + sy1 * vd[1][0]) +
+          wx1 * (sy0 * vd[0][1] + sy1 * vd[1][1]))
+  return jnp.stack([d_px * (0.5 * (width - 1)), d_py * (0.5 * (height - 1))],
+                   -1)
 
 
 @jax.custom_vjp
 def _bilinear_sample(image, grid):
-  return _forward(image, grid)[0]
+  return _forward(image, grid)
 
 
 def _bilinear_sample_fwd(image, grid):
-  out, saved = _forward(image, grid)
-  # Residuals must be arrays: empty arrays carry the image's (H, W) and the
-  # inputs' dtypes to the backward pass.
-  image_tag = jnp.zeros((0,) + image.shape[1:3], image.dtype)
-  grid_tag = jnp.zeros((0,), grid.dtype)
-  return out, (saved, image_tag, grid_tag)
+  # symbolic_zeros: the arguments arrive as CustomVJPPrimal(value, perturbed).
+  # Residuals are the inputs only (the backward pass recomputes the windows;
+  # under jit XLA shares what it can with the forward pass), plus which
+  # gradients are wanted, as the static shape of an empty array.
+  wanted = jnp.zeros((int(image.perturbed), int(grid.perturbed)), jnp.bool_)
+  return _forward(image.value, grid.value), (image.value, grid.value, wanted)
 
 
 def _bilinear_sample_bwd(residuals, d_out):
-  (rows, valid, values, wx, wy), image_tag, grid_tag = residuals
-  _, height, width = image_tag.shape
-  batch, channels = values[0].shape[0], values[0].shape[2]
-  dtype = wx.dtype
-  grid_shape = d_out.shape[:3] + (2,)
-  d_out = d_out.astype(dtype).reshape(batch, -1, channels)  # [B, P, C]
-
-  d_image = jnp.zeros((batch * height * width, channels), dtype)
-  d_px = jnp.zeros_like(wx)
-  d_py = jnp.zeros_like(wy)
-  for k, (dy, dx) in enumerate(_NEIGHBOUR_OFFSETS):
-    # d/dimage: the neighbour receives weight * dY (weight 0 outside the
-    # image, so the clipped row it points at gains nothing).
-    weight = jnp.where(valid[k], _corner_weights(wx, wy, dy, dx), 0)
-    d_image = d_image.at[rows[k]].add(weight[..., None] * d_out,
-                                      mode="promise_in_bounds")
-    # d/dgrid: derivative of the interpolant inside the floor() cell; values
-    # are 0 outside the image, so those neighbours add nothing.
-    v_dot = jnp.sum(values[k] * d_out, axis=-1)
-    d_px = d_px + (2 * dx - 1) * (wy if dy else 1 - wy) * v_dot
-    d_py = d_py + (2 * dy - 1) * (wx if dx else 1 - wx) * v_dot
-  d_image = d_image.reshape(batch, height, width, channels)
-  d_grid = jnp.stack([d_px * (0.5 * (width - 1)), d_py * (0.5 * (height - 1))],
-                     -1)
-  return (d_image.astype(image_tag.dtype),
-          d_grid.reshape(grid_shape).astype(grid_tag.dtype))
+  image, grid, wanted = residuals
+  want_image, want_grid = (bool(n) for n in wanted.shape)
+  if isinstance(d_out, SymbolicZero):
+    return None, None
+  batch, height, width, channels = image.shape
+  padded, w = _prepare(image, grid)
+  d = d_out.astype(padded.dtype).reshape(batch, -1, channels)  # [B, P, C]
+  d_image = d_grid = None
+  if want_image:
+    d_image = _image_gradient(padded.shape, w, d, height, width)
+    d_image = d_image.astype(image.dtype)
+  if want_grid:
+    v = (_gather_window_rows if want_image else _gather_windows)(padded, w)
+    d_grid = _grid_gradient(v, w, d, height, width)
+    d_grid = d_grid.reshape(grid.shape).astype(grid.dtype)
+  return d_image, d_grid
 
 
-_bilinear_sample.defvjp(_bilinear_sample_fwd, _bilinear_sample_bwd)
+_bilinear_sample.defvjp(_bilinear_sample_fwd, _bilinear_sample_bwd,
+                        symbolic_zeros=True)
 
 
 def bilinear_sample(image: jax.Array, grid: jax.Array) -> jax.Array:
