@@ -1,0 +1,71 @@
+"""Default config: the built-in synthetic face model and synthetic images; trains on a CPU.
+
+    python train.py --workdir /tmp/run1                       # this config
+    python train.py --config=configs/synthetic.py --config.total_steps=500 --workdir ...
+
+Departures from the original recipe, chosen so that it converges in minutes on 2 CPU cores
+(see configs/matconvnet.py for the original):
+* localiser: a small CNN reading the image downsampled to 64 x 64 (the sampler still reads the
+  full 224 x 224 image, and theta is in full-image pixels);
+* losses averaged (mean squared landmark distance in pixels^2, prior per image) instead of
+  summed, optimised by Adam with warm-up and cosine decay instead of SGD at 1e-10;
+* siamese pairs are an image and its mirror, compared after flipping one texture along u;
+* the theta head's t and logs biases start at the similarity that maps the frontal mean face
+  onto the mean training landmarks (the original's t = 112, s = 1 suits BFM faces in mm on
+  224 crops, not these renders); its weights keep the original's Xavier x 0.001 init and the
+  learning-rate multipliers (4, 8);
+* the data: 6144 rendered faces (cached), yaw +-35, pitch and roll +-15 degrees, faces 60-80%
+  of the image height, cluttered backgrounds, random lighting and skin, no occluders.
+Measured: held-out NME 2.25 % after 2000 steps, 11.5 min on a shared 2-core CPU (README).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.name = "synthetic"
+    config.seed = 0
+
+    config.morphable_model = ml_collections.ConfigDict(dict(
+        kind="synthetic", path="", landmarks_path="", resolution=56, n_identity=5,
+        n_expression=5, seed=0))
+
+    config.data = ml_collections.ConfigDict(dict(
+        kind="synthetic", image_size=(224, 224), mirror=True, seed=0,
+        train_size=6144,        # rendered once and cached; 0 = endless on-the-fly stream
+        cache_train=True, eval_size=256, eval_batch_size=64, prefetch=2,
+        # Scene ranges of jax3dmmstn.data.render.RenderConfig (poses in degrees).
+        render=ml_collections.ConfigDict(dict(
+            max_yaw=35.0, max_pitch=15.0, max_roll=15.0, face_height=(0.6, 0.8),
+            max_shift=0.08, occluder_probability=0.0, noise_sigma=4.0, colour_jitter=1.0,
+            background="clutter"))))
+
+    config.model = ml_collections.ConfigDict(dict(
+        localiser="small_cnn", localiser_input_size=(64, 64), dtype="float32",
+        scale_parametrisation="matconvnet", landmarks="aflw21", with_texture=True,
+        vggface_path="", init_head_from_data=True,
+        localiser_kwargs=ml_collections.ConfigDict()))
+
+    config.loss = ml_collections.ConfigDict(dict(
+        reduction="mean", siamese_mirror_pairs=True,
+        weights=ml_collections.ConfigDict(dict(landmark=1.0, prior=0.1, siamese=1e-4,
+                                               symmetry=1e-4))))
+
+    config.optim = ml_collections.ConfigDict(dict(
+        optimizer="adam", learning_rate=1e-3, schedule="warmup_cosine", warmup_steps=100,
+        final_lr_fraction=0.02, weight_decay=0.0, head_lr_multipliers=(4.0, 8.0),
+        head_bias_weight_decay=False, grad_clip_norm=0.0, momentum=0.9))
+
+    config.batch_size = 16          # global, before mirroring (the model sees 2x)
+    config.total_steps = 2000
+    config.max_train_seconds = 1020.0  # safety net: stop (and evaluate) after 17 min of training
+    config.parallel = "auto"        # 'jit' (one device), 'pmap' (all devices) or 'auto'
+    config.log_every = 25
+    config.eval_every = 250
+    config.checkpoint_every = 500
+    config.keep_checkpoints = 3
+    config.snapshots = True
+    config.progress_bar = True
+    config.debug_kill_at_step = -1  # tests: SIGKILL the run after this step
+    return config
