@@ -9,7 +9,7 @@ from jax.test_util import check_grads
 
 from jax3dmmstn import geometry as G
 
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _expm(r):

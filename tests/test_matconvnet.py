@@ -11,7 +11,7 @@ from jax3dmmstn import matconvnet as M
 from jax3dmmstn import sampler as S
 from jax3dmmstn.morphable_model import grid_faces
 
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.usefixtures("float64")
 RNG = np.random.default_rng(0)
 
 

@@ -8,7 +8,7 @@ from jax.test_util import check_grads
 
 from jax3dmmstn.sampler import bilinear_sample, bilinear_sample_reference
 
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _pixel_to_grid(pixel, size):

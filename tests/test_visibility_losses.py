@@ -10,7 +10,7 @@ from jax3dmmstn import losses as L
 from jax3dmmstn import visibility as V
 from jax3dmmstn.morphable_model import grid_faces
 
-jax.config.update("jax_enable_x64", True)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _dome(res=24):
