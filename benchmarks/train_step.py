@@ -35,7 +35,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Dense peak TFLOP/s by device kind: (float32 without tensor cores, bfloat16 tensor cores).
 PEAK_TFLOPS = {
-    "H100": (67.0, 989.0),   # SXM; H200 has the same compute
+    "H100": (67.0, 989.0),  # SXM; H200 has the same compute
     "H200": (67.0, 989.0),
     "A100": (19.5, 312.0),
     "L4": (30.3, 121.0),
@@ -44,8 +44,7 @@ PEAK_TFLOPS = {
 
 
 def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs",
-                                                                     f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
@@ -82,7 +81,8 @@ def bench(localiser: str, batch: int, steps: int, dtype: str, peak_override) -> 
     data = dict(
         image=jnp.asarray(rng.integers(0, 255, (batch, 224, 224, 3), dtype=np.uint8)),
         landmarks=jnp.asarray(np.broadcast_to(landmarks, (batch, 21, 2)), jnp.float32),
-        landmark_visible=jnp.ones((batch, 21), jnp.float32))
+        landmark_visible=jnp.ones((batch, 21), jnp.float32),
+    )
     step = jax.jit(training.make_train_step(model.apply, tx, config.loss), donate_argnums=0)
     compiled = step.lower(state, data).compile()
     cost = compiled.cost_analysis()
@@ -102,11 +102,19 @@ def bench(localiser: str, batch: int, steps: int, dtype: str, peak_override) -> 
     median = statistics.median(times)
     device = jax.devices()[0]
     peak = peak_tflops(device, dtype, peak_override)
-    result = dict(localiser=localiser, batch=batch, dtype=dtype, steps=steps,
-                  step_s=median, images_per_s=batch / median, first_step_s=first,
-                  gflop_per_step=flops / 1e9, achieved_tflops=flops / median / 1e12,
-                  device=f"{device.platform}:{device.device_kind}",
-                  n_params=int(sum(np.size(x) for x in jax.tree.leaves(params))))
+    result = dict(
+        localiser=localiser,
+        batch=batch,
+        dtype=dtype,
+        steps=steps,
+        step_s=median,
+        images_per_s=batch / median,
+        first_step_s=first,
+        gflop_per_step=flops / 1e9,
+        achieved_tflops=flops / median / 1e12,
+        device=f"{device.platform}:{device.device_kind}",
+        n_params=int(sum(np.size(x) for x in jax.tree.leaves(params))),
+    )
     if peak:
         result.update(peak_tflops=peak, fraction_of_peak=flops / median / 1e12 / peak)
     return result
@@ -116,29 +124,39 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--localisers", default="small_cnn,vgg16")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=0,
-                        help="timed steps (default: 20 for small_cnn, 3 for vgg16 on CPU)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="timed steps (default: 20 for small_cnn, 3 for vgg16 on CPU)",
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     on_cpu = jax.devices()[0].platform == "cpu"
     results = []
-    print(f"# {platform.node()} {jax.devices()[0].device_kind} x{jax.device_count()}, "
-          f"jax {jax.__version__}, {os.cpu_count()} CPU cores")
+    print(
+        f"# {platform.node()} {jax.devices()[0].device_kind} x{jax.device_count()}, "
+        f"jax {jax.__version__}, {os.cpu_count()} CPU cores"
+    )
     for name in args.localisers.split(","):
         steps = args.steps or (3 if (name == "vgg16" and on_cpu) else 20)
         r = bench(name, args.batch, steps, args.dtype, args.peak_tflops)
         results.append(r)
-        line = (f"{name:>10}: {r['images_per_s']:8.1f} images/s  ({r['step_s'] * 1e3:8.1f} ms "
-                f"per step of {r['batch']}, {r['gflop_per_step']:.1f} GFLOP/step, "
-                f"{r['achieved_tflops'] * 1e3:.1f} GFLOP/s")
+        line = (
+            f"{name:>10}: {r['images_per_s']:8.1f} images/s  ({r['step_s'] * 1e3:8.1f} ms "
+            f"per step of {r['batch']}, {r['gflop_per_step']:.1f} GFLOP/step, "
+            f"{r['achieved_tflops'] * 1e3:.1f} GFLOP/s"
+        )
         if "fraction_of_peak" in r:
             line += f", {100 * r['fraction_of_peak']:.1f}% of {r['peak_tflops']:.0f} TFLOP/s peak"
         print(line + ")", flush=True)
     if len(results) == 2:
-        print(f"ratio small_cnn / vgg16 images/s: "
-              f"{results[0]['images_per_s'] / results[1]['images_per_s']:.1f}x")
+        print(
+            f"ratio small_cnn / vgg16 images/s: "
+            f"{results[0]['images_per_s'] / results[1]['images_per_s']:.1f}x"
+        )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -35,9 +35,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.reduction = "mean"
     config.loss.siamese_mirror_pairs = True
     config.loss.weights.landmark = 1.0
-    config.optim = ml_collections.ConfigDict(dict(
-        optimizer="adam", learning_rate=1e-4, schedule="warmup_cosine", warmup_steps=500,
-        final_lr_fraction=0.01, weight_decay=1e-4, head_lr_multipliers=(4.0, 8.0),
-        head_bias_weight_decay=False, grad_clip_norm=0.0, momentum=0.9))
+    config.optim = ml_collections.ConfigDict(
+        dict(
+            optimizer="adam",
+            learning_rate=1e-4,
+            schedule="warmup_cosine",
+            warmup_steps=500,
+            final_lr_fraction=0.01,
+            weight_decay=1e-4,
+            head_lr_multipliers=(4.0, 8.0),
+            head_bias_weight_decay=False,
+            grad_clip_norm=0.0,
+            momentum=0.9,
+        )
+    )
     config.total_steps = 30_000
     return config

@@ -24,32 +24,72 @@ def get_config() -> ml_collections.ConfigDict:
     config.name = "matconvnet"
     config.seed = 0
 
-    config.morphable_model = ml_collections.ConfigDict(dict(
-        kind="matconvnet", path="model.mat", landmarks_path="", resolution=112,
-        n_identity=5, n_expression=5, seed=0))
+    config.morphable_model = ml_collections.ConfigDict(
+        dict(
+            kind="matconvnet",
+            path="model.mat",
+            landmarks_path="",
+            resolution=112,
+            n_identity=5,
+            n_expression=5,
+            seed=0,
+        )
+    )
 
-    config.data = ml_collections.ConfigDict(dict(
-        kind="imdb", path="imdb.mat", image_size=(224, 224), mirror=True, seed=0,
-        eval_size=0, eval_batch_size=32, prefetch=2, on_error="fail"))
+    config.data = ml_collections.ConfigDict(
+        dict(
+            kind="imdb",
+            path="imdb.mat",
+            image_size=(224, 224),
+            mirror=True,
+            seed=0,
+            eval_size=0,
+            eval_batch_size=32,
+            prefetch=2,
+            on_error="fail",
+        )
+    )
 
-    config.model = ml_collections.ConfigDict(dict(
-        localiser="vgg16", localiser_input_size=None, dtype="float32",
-        scale_parametrisation="matconvnet", landmarks="aflw21", with_texture=True,
-        vggface_path="", init_head_from_data=False,
-        # The original feeds imdb images as stored (no mean subtraction in getBatch).
-        localiser_kwargs=ml_collections.ConfigDict(dict(input_mean=(0.0, 0.0, 0.0)))))
+    config.model = ml_collections.ConfigDict(
+        dict(
+            localiser="vgg16",
+            localiser_input_size=None,
+            dtype="float32",
+            scale_parametrisation="matconvnet",
+            landmarks="aflw21",
+            with_texture=True,
+            vggface_path="",
+            init_head_from_data=False,
+            # The original feeds imdb images as stored (no mean subtraction in getBatch).
+            localiser_kwargs=ml_collections.ConfigDict(dict(input_mean=(0.0, 0.0, 0.0))),
+        )
+    )
 
-    config.loss = ml_collections.ConfigDict(dict(
-        reduction="sum", siamese_mirror_pairs=False,
-        weights=ml_collections.ConfigDict(dict(landmark=0.8998, prior=0.1, siamese=1e-4,
-                                               symmetry=1e-4))))
+    config.loss = ml_collections.ConfigDict(
+        dict(
+            reduction="sum",
+            siamese_mirror_pairs=False,
+            weights=ml_collections.ConfigDict(
+                dict(landmark=0.8998, prior=0.1, siamese=1e-4, symmetry=1e-4)
+            ),
+        )
+    )
 
-    config.optim = ml_collections.ConfigDict(dict(
-        optimizer="sgd", learning_rate=1e-10, schedule="constant", momentum=0.9,
-        nesterov=False, weight_decay=5e-4, head_lr_multipliers=(4.0, 8.0),
-        head_bias_weight_decay=False, grad_clip_norm=0.0))
+    config.optim = ml_collections.ConfigDict(
+        dict(
+            optimizer="sgd",
+            learning_rate=1e-10,
+            schedule="constant",
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=5e-4,
+            head_lr_multipliers=(4.0, 8.0),
+            head_bias_weight_decay=False,
+            grad_clip_norm=0.0,
+        )
+    )
 
-    config.batch_size = 32           # before mirroring: the network sees 64 images per step
+    config.batch_size = 32  # before mirroring: the network sees 64 images per step
     config.total_steps = 100_000
     config.max_train_seconds = 0.0
     config.parallel = "auto"

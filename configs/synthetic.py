@@ -27,40 +27,89 @@ def get_config() -> ml_collections.ConfigDict:
     config.name = "synthetic"
     config.seed = 0
 
-    config.morphable_model = ml_collections.ConfigDict(dict(
-        kind="synthetic", path="", landmarks_path="", resolution=56, n_identity=5,
-        n_expression=5, seed=0))
+    config.morphable_model = ml_collections.ConfigDict(
+        dict(
+            kind="synthetic",
+            path="",
+            landmarks_path="",
+            resolution=56,
+            n_identity=5,
+            n_expression=5,
+            seed=0,
+        )
+    )
 
-    config.data = ml_collections.ConfigDict(dict(
-        kind="synthetic", image_size=(224, 224), mirror=True, seed=0,
-        train_size=6144,        # rendered once and cached; 0 = endless on-the-fly stream
-        cache_train=True, eval_size=256, eval_batch_size=64, prefetch=2,
-        # Scene ranges of jax3dmmstn.data.render.RenderConfig (poses in degrees).
-        render=ml_collections.ConfigDict(dict(
-            max_yaw=35.0, max_pitch=15.0, max_roll=15.0, face_height=(0.6, 0.8),
-            max_shift=0.08, occluder_probability=0.0, noise_sigma=4.0, colour_jitter=1.0,
-            background="clutter"))))
+    config.data = ml_collections.ConfigDict(
+        dict(
+            kind="synthetic",
+            image_size=(224, 224),
+            mirror=True,
+            seed=0,
+            train_size=6144,  # rendered once and cached; 0 = endless on-the-fly stream
+            cache_train=True,
+            eval_size=256,
+            eval_batch_size=64,
+            prefetch=2,
+            # Scene ranges of jax3dmmstn.data.render.RenderConfig (poses in degrees).
+            render=ml_collections.ConfigDict(
+                dict(
+                    max_yaw=35.0,
+                    max_pitch=15.0,
+                    max_roll=15.0,
+                    face_height=(0.6, 0.8),
+                    max_shift=0.08,
+                    occluder_probability=0.0,
+                    noise_sigma=4.0,
+                    colour_jitter=1.0,
+                    background="clutter",
+                )
+            ),
+        )
+    )
 
-    config.model = ml_collections.ConfigDict(dict(
-        localiser="small_cnn", localiser_input_size=(64, 64), dtype="float32",
-        scale_parametrisation="matconvnet", landmarks="aflw21", with_texture=True,
-        vggface_path="", init_head_from_data=True,
-        localiser_kwargs=ml_collections.ConfigDict()))
+    config.model = ml_collections.ConfigDict(
+        dict(
+            localiser="small_cnn",
+            localiser_input_size=(64, 64),
+            dtype="float32",
+            scale_parametrisation="matconvnet",
+            landmarks="aflw21",
+            with_texture=True,
+            vggface_path="",
+            init_head_from_data=True,
+            localiser_kwargs=ml_collections.ConfigDict(),
+        )
+    )
 
-    config.loss = ml_collections.ConfigDict(dict(
-        reduction="mean", siamese_mirror_pairs=True,
-        weights=ml_collections.ConfigDict(dict(landmark=1.0, prior=0.1, siamese=1e-4,
-                                               symmetry=1e-4))))
+    config.loss = ml_collections.ConfigDict(
+        dict(
+            reduction="mean",
+            siamese_mirror_pairs=True,
+            weights=ml_collections.ConfigDict(
+                dict(landmark=1.0, prior=0.1, siamese=1e-4, symmetry=1e-4)
+            ),
+        )
+    )
 
-    config.optim = ml_collections.ConfigDict(dict(
-        optimizer="adam", learning_rate=1e-3, schedule="warmup_cosine", warmup_steps=100,
-        final_lr_fraction=0.02, weight_decay=0.0, head_lr_multipliers=(4.0, 8.0),
-        head_bias_weight_decay=False, grad_clip_norm=0.0, momentum=0.9))
+    config.optim = ml_collections.ConfigDict(
+        dict(
+            optimizer="adam",
+            learning_rate=1e-3,
+            schedule="warmup_cosine",
+            warmup_steps=100,
+            final_lr_fraction=0.02,
+            weight_decay=0.0,
+            head_lr_multipliers=(4.0, 8.0),
+            head_bias_weight_decay=False,
+            grad_clip_norm=0.0,
+            momentum=0.9,
+        )
+    )
 
-    config.batch_size = 16          # global, before mirroring (the model sees 2x)
+    config.batch_size = 16  # global, before mirroring (the model sees 2x)
     config.total_steps = 2000
     config.max_train_seconds = 1020.0  # safety net: stop (and evaluate) after 17 min of training
-    config.parallel = "auto"        # 'jit' (one device), 'pmap' (all devices) or 'auto'
+    config.parallel = "auto"  # 'jit' (one device), 'pmap' (all devices) or 'auto'
     config.log_every = 25
     config.eval_every = 250
     config.checkpoint_every = 500

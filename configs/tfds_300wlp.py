@@ -30,10 +30,25 @@ def get_config() -> ml_collections.ConfigDict:
     config = _sibling("imdb").get_config()
     config.name = "tfds_300wlp"
     config.model.landmarks = "ibug68"
-    config.data = ml_collections.ConfigDict(dict(
-        kind="tfds", tfds_name="the300w_lp", split="train", eval_tfds_name="aflw2k3d",
-        eval_split="train", data_dir="", image_size=(224, 224), mirror=True, seed=0,
-        eval_size=2000, eval_batch_size=32, crop_margin=0.25, max_shift=0.05,
-        zoom_range=(0.9, 1.1), prefetch=4, on_error="skip"))
+    config.data = ml_collections.ConfigDict(
+        dict(
+            kind="tfds",
+            tfds_name="the300w_lp",
+            split="train",
+            eval_tfds_name="aflw2k3d",
+            eval_split="train",
+            data_dir="",
+            image_size=(224, 224),
+            mirror=True,
+            seed=0,
+            eval_size=2000,
+            eval_batch_size=32,
+            crop_margin=0.25,
+            max_shift=0.05,
+            zoom_range=(0.9, 1.1),
+            prefetch=4,
+            on_error="skip",
+        )
+    )
     config.total_steps = 60_000
     return config

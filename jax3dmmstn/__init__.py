@@ -2,11 +2,34 @@
 
 Modules: ``geometry`` (3DMM shape, Rodrigues, projection, grid), ``sampler``
 (MatConvNet-exact bilinear sampler), ``visibility`` (self-occlusion mask),
-``losses``, ``matconvnet`` (the original's layers in MATLAB layouts).
+``losses``, ``matconvnet`` (the original's layers in MATLAB layouts),
+``morphable_model`` / ``synthetic_model`` / ``bfm`` (face models), ``data``,
+``model`` (Flax STN), ``training``, ``evaluation``, ``fitting``, ``outputs``.
+Heavier modules (``data``, ``model``, ``training``) are imported on use.
 """
 
 from jax3dmmstn import geometry, losses, matconvnet, sampler, visibility
+from jax3dmmstn.bfm import build_bfm_model
 from jax3dmmstn.geometry import axis_angle_to_matrix, project_theta
+from jax3dmmstn.morphable_model import MorphableModel, load_matconvnet_model, read_anl
 from jax3dmmstn.sampler import bilinear_sample
+from jax3dmmstn.synthetic_model import synthetic_face_model
+
+
+__all__ = [
+    "geometry",
+    "losses",
+    "matconvnet",
+    "sampler",
+    "visibility",
+    "axis_angle_to_matrix",
+    "project_theta",
+    "bilinear_sample",
+    "MorphableModel",
+    "load_matconvnet_model",
+    "read_anl",
+    "synthetic_face_model",
+    "build_bfm_model",
+]
 
 __version__ = "0.1.0"

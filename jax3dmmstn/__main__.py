@@ -15,24 +15,24 @@ _COMMANDS = {
 
 
 def _usage() -> str:
-  lines = ["usage: python -m jax3dmmstn COMMAND [ARGS...]", "", "commands:"]
-  lines += [f"  {name:8s} {doc}" for name, (_, doc) in _COMMANDS.items()]
-  return "\n".join(lines)
+    lines = ["usage: python -m jax3dmmstn COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:8s} {doc}" for name, (_, doc) in _COMMANDS.items()]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  if not argv or argv[0] in ("-h", "--help"):
-    print(_usage())
-    return 0
-  name, rest = argv[0], argv[1:]
-  if name not in _COMMANDS:
-    print(f"unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-    return 2
-  module = importlib.import_module(_COMMANDS[name][0])
-  entry = getattr(module, "main" if name == "verify" else f"{name}_main")
-  return int(entry(rest) or 0)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in _COMMANDS:
+        print(f"unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(_COMMANDS[name][0])
+    entry = getattr(module, "main" if name == "verify" else f"{name}_main")
+    return int(entry(rest) or 0)
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

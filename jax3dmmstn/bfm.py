@@ -36,8 +36,16 @@ import scipy.sparse.csgraph
 import scipy.sparse.linalg
 
 from jax3dmmstn.morphable_model import (
-    LANDMARK_FLIPS, MorphableModel, PathLike, default_aflw21_landmarks, grid_faces, grid_mirror,
-    grid_uv, load_mat, read_anl)
+    LANDMARK_FLIPS,
+    MorphableModel,
+    PathLike,
+    default_aflw21_landmarks,
+    grid_faces,
+    grid_mirror,
+    grid_uv,
+    load_mat,
+    read_anl,
+)
 
 BFM_UNIT_DIVISOR = 1000.0  # BFM micrometres -> mm
 
@@ -63,8 +71,10 @@ def cotangent_laplacian(vertices: np.ndarray, triangles: np.ndarray) -> scipy.sp
         cross = np.linalg.norm(np.cross(a, b), axis=1)
         if np.any(cross == 0):
             bad = int(np.flatnonzero(cross == 0)[0])
-            raise ValueError(f"triangle {bad} ({triangles[bad].tolist()}) of the mean shape is "
-                             "degenerate (zero area); the Laplace-Beltrami operator is undefined")
+            raise ValueError(
+                f"triangle {bad} ({triangles[bad].tolist()}) of the mean shape is "
+                "degenerate (zero area); the Laplace-Beltrami operator is undefined"
+            )
         cot = (a * b).sum(axis=1) / cross
         rows += [j, k]
         cols += [k, j]
@@ -74,8 +84,9 @@ def cotangent_laplacian(vertices: np.ndarray, triangles: np.ndarray) -> scipy.sp
     return (off - scipy.sparse.diags(np.asarray(off.sum(axis=1)).ravel())).tocsr()
 
 
-def extrapolate_displacements(vertices: np.ndarray, triangles: np.ndarray, mapped: np.ndarray,
-                              displacements: np.ndarray) -> np.ndarray:
+def extrapolate_displacements(
+    vertices: np.ndarray, triangles: np.ndarray, mapped: np.ndarray, displacements: np.ndarray
+) -> np.ndarray:
     """Extends displacements known on some vertices to the whole mesh (the original's expression
     extrapolation into the mouth interior).
 
@@ -95,14 +106,16 @@ def extrapolate_displacements(vertices: np.ndarray, triangles: np.ndarray, mappe
     if mapped.size == 0 or mapped.min() < 0 or mapped.max() >= n:
         raise ValueError(f"mapped vertex indices must lie in [0, {n})")
     lap = cotangent_laplacian(vertices, triangles)
-    select = scipy.sparse.csr_matrix((np.ones(mapped.size), (np.arange(mapped.size), mapped)),
-                                     shape=(mapped.size, n))
+    select = scipy.sparse.csr_matrix(
+        (np.ones(mapped.size), (np.arange(mapped.size), mapped)), shape=(mapped.size, n)
+    )
     _check_every_component_has_data(triangles, n, mapped)
     # The normal equations (L'L + S'S) d = S'w, written as the augmented system
     #   [I  L; L' -S'S] [r; d] = [0; -S'w]   (r = -L d),
     # which has the sparsity of L rather than of L'L and factorises about twice as fast.
     augmented = scipy.sparse.bmat(
-        [[scipy.sparse.identity(n), lap], [lap.T, -(select.T @ select)]], format="csc")
+        [[scipy.sparse.identity(n), lap], [lap.T, -(select.T @ select)]], format="csc"
+    )
     rhs = np.concatenate([np.zeros((n, w.shape[1])), -np.asarray(select.T @ w)])
     solution = scipy.sparse.linalg.splu(augmented, permc_spec="COLAMD").solve(rhs)
     return solution[n:]
@@ -118,13 +131,16 @@ def _check_every_component_has_data(triangles, n, mapped):
     has_data = np.zeros(count, dtype=bool)
     has_data[labels[mapped]] = True
     if not has_data.all():
-        raise ValueError(f"{int((~has_data).sum())} connected piece(s) of the mesh have no mapped "
-                         "vertex; the expression extrapolation would be undetermined there")
+        raise ValueError(
+            f"{int((~has_data).sum())} connected piece(s) of the mesh have no mapped "
+            "vertex; the expression extrapolation would be undetermined there"
+        )
 
 
 # ------------------------------------------------------------------------ point location
-def locate_points(uv: np.ndarray, triangles: np.ndarray, points: np.ndarray,
-                  tolerance: float = 1e-9) -> tuple[np.ndarray, np.ndarray]:
+def locate_points(
+    uv: np.ndarray, triangles: np.ndarray, points: np.ndarray, tolerance: float = 1e-9
+) -> tuple[np.ndarray, np.ndarray]:
     """Finds the triangle of a 2-D triangulation that contains each point, and its barycentrics.
 
     A point on an edge, on the boundary of the domain or at a vertex counts as inside (within
@@ -137,7 +153,7 @@ def locate_points(uv: np.ndarray, triangles: np.ndarray, points: np.ndarray,
     uv = np.asarray(uv, dtype=np.float64)
     tri = np.asarray(triangles, dtype=np.int64)
     points = np.asarray(points, dtype=np.float64)
-    corners = uv[tri]                                      # [F, 3, 2]
+    corners = uv[tri]  # [F, 3, 2]
     origin = corners[:, 0]
     e1, e2 = corners[:, 1] - origin, corners[:, 2] - origin
     det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
@@ -187,7 +203,7 @@ def locate_points(uv: np.ndarray, triangles: np.ndarray, points: np.ndarray,
     triangle = np.full(len(points), -1, dtype=np.int64)
     barycentric = np.zeros((len(points), 3))
     triangle[pair_point] = pair_tri[chosen]
-    clipped = np.clip(bary[chosen], 0.0, None)             # remove the -tolerance slack
+    clipped = np.clip(bary[chosen], 0.0, None)  # remove the -tolerance slack
     barycentric[pair_point] = clipped / clipped.sum(axis=1, keepdims=True)
     return triangle, barycentric
 
@@ -218,8 +234,9 @@ def _nearest_on_boundary(uv, triangles, points):
     return triangle, barycentric
 
 
-def grid_resampling_matrix(uv: np.ndarray, triangles: np.ndarray, resolution: int,
-                           outside: str = "error") -> scipy.sparse.csr_matrix:
+def grid_resampling_matrix(
+    uv: np.ndarray, triangles: np.ndarray, resolution: int, outside: str = "error"
+) -> scipy.sparse.csr_matrix:
     """The sparse barycentric interpolation from mesh vertices to a res x res UV grid.
 
     uv [V, 2] per-vertex UV, triangles [F, 3] 0-based. outside: what to do with grid points
@@ -232,7 +249,9 @@ def grid_resampling_matrix(uv: np.ndarray, triangles: np.ndarray, resolution: in
         raise ValueError(f"resolution must be >= 2, got {resolution}")
     # The grid formula in float64 (grid_uv's float32 values would be off the exact lines).
     k = np.arange(resolution * resolution)
-    grid = np.stack([(k % resolution) / (resolution - 1), 1.0 - (k // resolution) / (resolution - 1)], 1)
+    grid = np.stack(
+        [(k % resolution) / (resolution - 1), 1.0 - (k // resolution) / (resolution - 1)], 1
+    )
     triangle, bary = locate_points(uv, triangles, grid)
     lost = np.flatnonzero(triangle < 0)
     if lost.size:
@@ -242,20 +261,24 @@ def grid_resampling_matrix(uv: np.ndarray, triangles: np.ndarray, resolution: in
             examples = ", ".join(f"({grid[i, 0]:.4f}, {grid[i, 1]:.4f})" for i in lost[:3])
             raise ValueError(
                 f"{lost.size} of {len(grid)} grid points lie outside the UV domain (e.g. {examples}); "
-                "use UV coordinates covering the unit square, or outside='nearest'")
+                "use UV coordinates covering the unit square, or outside='nearest'"
+            )
         else:
             raise ValueError(f"outside must be 'error' or 'nearest', got {outside!r}")
     cols = np.asarray(triangles, dtype=np.int64)[triangle]
     rows = np.repeat(np.arange(len(grid)), 3)
-    return scipy.sparse.csr_matrix((bary.ravel(), (rows, cols.ravel())),
-                                   shape=(len(grid), uv.shape[0]))
+    return scipy.sparse.csr_matrix(
+        (bary.ravel(), (rows, cols.ravel())), shape=(len(grid), uv.shape[0])
+    )
 
 
 def grid_vertices_nearest_uv(uv_points: np.ndarray, resolution: int) -> np.ndarray:
     """Grid vertex nearest to each UV point [L, 2]. Returns [L] int32 vertex indices."""
     uv_points = np.asarray(uv_points, dtype=np.float64)
     col = np.clip(np.rint(uv_points[:, 0] * (resolution - 1)), 0, resolution - 1).astype(np.int64)
-    row = np.clip(np.rint((1.0 - uv_points[:, 1]) * (resolution - 1)), 0, resolution - 1).astype(np.int64)
+    row = np.clip(np.rint((1.0 - uv_points[:, 1]) * (resolution - 1)), 0, resolution - 1).astype(
+        np.int64
+    )
     return (row * resolution + col).astype(np.int32)
 
 
@@ -312,8 +335,10 @@ def build_bfm_model_from_arrays(
     if triangles.ndim != 2 or triangles.shape[1] != 3:
         raise ValueError(f"triangles must be [F, 3], got {triangles.shape}")
     if triangles.min() < 0 or triangles.max() >= n:
-        raise ValueError(f"triangles must be 0-based indices in [0, {n}), got range "
-                         f"[{triangles.min()}, {triangles.max()}]")
+        raise ValueError(
+            f"triangles must be 0-based indices in [0, {n}), got range "
+            f"[{triangles.min()}, {triangles.max()}]"
+        )
     uv = np.asarray(uv, dtype=np.float64)
     if uv.shape != (n, 2):
         raise ValueError(f"UV must be [V={n}, 2], got {uv.shape}")
@@ -322,12 +347,15 @@ def build_bfm_model_from_arrays(
     vertices = shape_mu.reshape(n, 3)
 
     # Identity: [V, 3, n_identity], scaled by the standard deviations.
-    identity = (np.asarray(shape_pc[:, :n_identity], dtype=np.float64)
-                * shape_ev[:n_identity]).reshape(n, 3, n_identity)
+    identity = (
+        np.asarray(shape_pc[:, :n_identity], dtype=np.float64) * shape_ev[:n_identity]
+    ).reshape(n, 3, n_identity)
     columns = [identity]
     if (w_exp is None) != (tddfa_map is None):
-        raise ValueError("w_exp (Model_Expression.mat) and tddfa_map (map_tddfa_to_basel.mat) "
-                         "must be given together")
+        raise ValueError(
+            "w_exp (Model_Expression.mat) and tddfa_map (map_tddfa_to_basel.mat) "
+            "must be given together"
+        )
     if w_exp is None:
         n_expression = 0
     else:
@@ -335,14 +363,17 @@ def build_bfm_model_from_arrays(
         tddfa_map = np.asarray(tddfa_map).reshape(-1).astype(np.int64)
         m = tddfa_map.size
         if w_exp.ndim != 2 or w_exp.shape[0] != 3 * m:
-            raise ValueError(f"w_exp must be [3M={3 * m}, E] for the {m} mapped vertices, got "
-                             f"{w_exp.shape}")
+            raise ValueError(
+                f"w_exp must be [3M={3 * m}, E] for the {m} mapped vertices, got {w_exp.shape}"
+            )
         if tddfa_map.min() < 0 or tddfa_map.max() >= n:
-            raise ValueError(f"map_tddfa_to_basel must hold 0-based BFM vertex indices in [0, {n}), "
-                             f"got range [{tddfa_map.min()}, {tddfa_map.max()}]")
+            raise ValueError(
+                f"map_tddfa_to_basel must hold 0-based BFM vertex indices in [0, {n}), "
+                f"got range [{tddfa_map.min()}, {tddfa_map.max()}]"
+            )
         if not 0 <= n_expression <= w_exp.shape[1]:
             raise ValueError(f"n_expression must be in [0, {w_exp.shape[1]}], got {n_expression}")
-        known = w_exp[:, :n_expression].reshape(m, 3 * n_expression)   # [M, (xyz, E)]
+        known = w_exp[:, :n_expression].reshape(m, 3 * n_expression)  # [M, (xyz, E)]
         if expression_scale is not None:
             scale = np.asarray(expression_scale, dtype=np.float64).reshape(-1)
             if scale.size != n_expression:
@@ -351,7 +382,7 @@ def build_bfm_model_from_arrays(
         if n_expression:
             full = extrapolate_displacements(vertices, triangles, tddfa_map, known)
             columns.append(full.reshape(n, 3, n_expression))
-    basis = np.concatenate(columns, axis=2)                              # [V, 3, D]
+    basis = np.concatenate(columns, axis=2)  # [V, 3, D]
 
     weights = grid_resampling_matrix(uv, triangles, resolution, outside=outside)
     d = basis.shape[2]
@@ -373,8 +404,10 @@ def build_bfm_model_from_arrays(
             if idx.min() < 0 or idx.max() >= n:
                 raise ValueError(f"landmarks[{name!r}] must be 0-based BFM vertex indices < {n}")
             if name not in LANDMARK_FLIPS or LANDMARK_FLIPS[name].size != idx.size:
-                raise ValueError(f"landmarks[{name!r}]: unknown set; known: "
-                                 f"{ {k: v.size for k, v in LANDMARK_FLIPS.items()} }")
+                raise ValueError(
+                    f"landmarks[{name!r}]: unknown set; known: "
+                    f"{ {k: v.size for k, v in LANDMARK_FLIPS.items()} }"
+                )
             grid_landmarks[name] = grid_vertices_nearest_uv(uv[idx], resolution)
     return MorphableModel(
         mean=grid_mean.astype(np.float32),
@@ -389,9 +422,15 @@ def build_bfm_model_from_arrays(
         n_identity=n_identity,
         n_expression=basis.shape[2] - n_identity,
         units="mm" if unit_divisor == BFM_UNIT_DIVISOR else f"BFM units / {unit_divisor:g}",
-        provenance=provenance or json.dumps({
-            "builder": "jax3dmmstn.bfm", "resolution": resolution, "n_identity": n_identity,
-            "n_expression": basis.shape[2] - n_identity}),
+        provenance=provenance
+        or json.dumps(
+            {
+                "builder": "jax3dmmstn.bfm",
+                "resolution": resolution,
+                "n_identity": n_identity,
+                "n_expression": basis.shape[2] - n_identity,
+            }
+        ),
     )
 
 
@@ -420,14 +459,18 @@ def build_bfm_model(
     See build_bfm_model_from_arrays for the rest.
     """
     if (expression_path is None) != (tddfa_map_path is None):
-        raise ValueError("--expression (Model_Expression.mat) and --tddfa-map "
-                         "(map_tddfa_to_basel.mat) must be given together")
+        raise ValueError(
+            "--expression (Model_Expression.mat) and --tddfa-map "
+            "(map_tddfa_to_basel.mat) must be given together"
+        )
     bfm = load_mat(bfm_path, ["shapeMU", "shapePC", "shapeEV", "tl"])
     uv = load_mat(uv_path, ["UV"])["UV"]
     tl = np.asarray(bfm["tl"]).astype(np.int64)
     if tl.ndim != 2 or tl.shape[1] != 3 or tl.min() < 1:
-        raise ValueError(f"{bfm_path}: tl must be an F x 3 array of 1-based vertex indices, got "
-                         f"shape {tl.shape}, minimum {tl.min()}")
+        raise ValueError(
+            f"{bfm_path}: tl must be an F x 3 array of 1-based vertex indices, got "
+            f"shape {tl.shape}, minimum {tl.min()}"
+        )
     w_exp = tddfa_map = None
     if expression_path is not None:
         w_exp = load_mat(expression_path, ["w_exp"])["w_exp"]
@@ -435,18 +478,37 @@ def build_bfm_model(
     tex_mu = bfm.get("texMU") if with_albedo else None
     bfm_landmarks = None
     if landmarks is not None:
-        bfm_landmarks = {name: read_anl(v) if isinstance(v, (str, Path)) else np.asarray(v)
-                         for name, v in landmarks.items()}
-    provenance = json.dumps({
-        "builder": "jax3dmmstn.bfm.build_bfm_model", "bfm": Path(bfm_path).name,
-        "uv": Path(uv_path).name,
-        "expression": None if expression_path is None else Path(expression_path).name,
-        "tddfa_map": None if tddfa_map_path is None else Path(tddfa_map_path).name,
-        "resolution": resolution, "n_identity": n_identity,
-        "n_expression": 0 if w_exp is None else n_expression,
-        "identity_scaled_by": "shapeEV", "units": "BFM / 1000 (mm)"})
+        bfm_landmarks = {
+            name: read_anl(v) if isinstance(v, (str, Path)) else np.asarray(v)
+            for name, v in landmarks.items()
+        }
+    provenance = json.dumps(
+        {
+            "builder": "jax3dmmstn.bfm.build_bfm_model",
+            "bfm": Path(bfm_path).name,
+            "uv": Path(uv_path).name,
+            "expression": None if expression_path is None else Path(expression_path).name,
+            "tddfa_map": None if tddfa_map_path is None else Path(tddfa_map_path).name,
+            "resolution": resolution,
+            "n_identity": n_identity,
+            "n_expression": 0 if w_exp is None else n_expression,
+            "identity_scaled_by": "shapeEV",
+            "units": "BFM / 1000 (mm)",
+        }
+    )
     return build_bfm_model_from_arrays(
-        bfm["shapeMU"], bfm["shapePC"], bfm["shapeEV"], tl - 1, uv, w_exp=w_exp,
-        tddfa_map=tddfa_map, tex_mu=tex_mu, resolution=resolution, n_identity=n_identity,
-        n_expression=n_expression, landmarks=bfm_landmarks, outside=outside,
-        provenance=provenance)
+        bfm["shapeMU"],
+        bfm["shapePC"],
+        bfm["shapeEV"],
+        tl - 1,
+        uv,
+        w_exp=w_exp,
+        tddfa_map=tddfa_map,
+        tex_mu=tex_mu,
+        resolution=resolution,
+        n_identity=n_identity,
+        n_expression=n_expression,
+        landmarks=bfm_landmarks,
+        outside=outside,
+        provenance=provenance,
+    )

@@ -36,15 +36,19 @@ def landmark_box_size(landmarks: np.ndarray, visible: np.ndarray) -> np.ndarray:
     if visible.shape != landmarks.shape[:2]:
         raise ValueError(f"visible must be {landmarks.shape[:2]}, got {visible.shape}")
     if not np.all(visible.any(axis=1)):
-        raise ValueError(f"images {np.flatnonzero(~visible.any(axis=1)).tolist()} have no "
-                         f"visible landmark: NME undefined")
+        raise ValueError(
+            f"images {np.flatnonzero(~visible.any(axis=1)).tolist()} have no "
+            f"visible landmark: NME undefined"
+        )
     big = np.where(visible[..., None], landmarks, np.inf)
     small = np.where(visible[..., None], landmarks, -np.inf)
     extent = small.max(axis=1) - big.min(axis=1)  # [B, 2]
     size = np.sqrt(extent[:, 0] * extent[:, 1])
     if np.any(size <= 0):
-        raise ValueError(f"images {np.flatnonzero(size <= 0).tolist()} have a zero-area "
-                         f"landmark box: NME undefined")
+        raise ValueError(
+            f"images {np.flatnonzero(size <= 0).tolist()} have a zero-area "
+            f"landmark box: NME undefined"
+        )
     return size
 
 
@@ -81,15 +85,23 @@ def pose_errors(predicted_rotation: np.ndarray, true_rotation: np.ndarray) -> di
     predicted_rotation = np.asarray(predicted_rotation, np.float64)
     true_rotation = np.asarray(true_rotation, np.float64)
     if predicted_rotation.shape != true_rotation.shape or predicted_rotation.shape[-2:] != (3, 3):
-        raise ValueError(f"rotations must both be [B, 3, 3], got {predicted_rotation.shape} and "
-                         f"{true_rotation.shape}")
-    diff = np.abs(rotation_to_yaw_pitch_roll(predicted_rotation)
-                  - rotation_to_yaw_pitch_roll(true_rotation))
+        raise ValueError(
+            f"rotations must both be [B, 3, 3], got {predicted_rotation.shape} and "
+            f"{true_rotation.shape}"
+        )
+    diff = np.abs(
+        rotation_to_yaw_pitch_roll(predicted_rotation) - rotation_to_yaw_pitch_roll(true_rotation)
+    )
     diff = np.minimum(diff, 360.0 - diff)  # angles wrap around
     relative = np.einsum("bij,bkj->bik", predicted_rotation, true_rotation)
     cos = np.clip((np.trace(relative, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
-    return dict(yaw=diff[:, 0], pitch=diff[:, 1], roll=diff[:, 2], mae=diff.mean(axis=1),
-                geodesic=np.degrees(np.arccos(cos)))
+    return dict(
+        yaw=diff[:, 0],
+        pitch=diff[:, 1],
+        roll=diff[:, 2],
+        mae=diff.mean(axis=1),
+        geodesic=np.degrees(np.arccos(cos)),
+    )
 
 
 def shape_error(predicted_vertices: np.ndarray, true_vertices: np.ndarray) -> np.ndarray:
@@ -125,9 +137,15 @@ def _display_image(image: np.ndarray) -> np.ndarray:
     return np.clip(image, 0.0, 1.0)
 
 
-def save_landmark_snapshot(path: str, images: np.ndarray, predicted: np.ndarray,
-                           target: np.ndarray | None = None, visible: np.ndarray | None = None,
-                           max_images: int = 8, titles: Sequence[str] | None = None) -> str:
+def save_landmark_snapshot(
+    path: str,
+    images: np.ndarray,
+    predicted: np.ndarray,
+    target: np.ndarray | None = None,
+    visible: np.ndarray | None = None,
+    max_images: int = 8,
+    titles: Sequence[str] | None = None,
+) -> str:
     """PNG of up to ``max_images`` inputs with predicted (red x) and true (green o) landmarks.
 
     images [B, H, W, C] (0..255 or 0..1), landmarks [B, L, 2] in the image frame.
@@ -146,10 +164,18 @@ def save_landmark_snapshot(path: str, images: np.ndarray, predicted: np.ndarray,
         if target is not None:
             true = np.asarray(geometry.image_frame_to_pixels(np.asarray(target[i]), size))
             vis = np.ones(true.shape[0], bool) if visible is None else np.asarray(visible[i]) > 0
-            ax.scatter(true[vis, 0], true[vis, 1], s=10, facecolors="none", edgecolors="lime",
-                       linewidths=0.8, label="true")
-        ax.scatter(pred[:, 0], pred[:, 1], s=10, c="red", marker="x", linewidths=0.8,
-                   label="predicted")
+            ax.scatter(
+                true[vis, 0],
+                true[vis, 1],
+                s=10,
+                facecolors="none",
+                edgecolors="lime",
+                linewidths=0.8,
+                label="true",
+            )
+        ax.scatter(
+            pred[:, 0], pred[:, 1], s=10, c="red", marker="x", linewidths=0.8, label="predicted"
+        )
         if titles is not None:
             ax.set_title(titles[i], fontsize=7)
         ax.set_axis_off()
@@ -158,8 +184,13 @@ def save_landmark_snapshot(path: str, images: np.ndarray, predicted: np.ndarray,
     return _save(fig, path)
 
 
-def save_texture_snapshot(path: str, texture: np.ndarray, mask: np.ndarray,
-                          masked_texture: np.ndarray, max_images: int = 8) -> str:
+def save_texture_snapshot(
+    path: str,
+    texture: np.ndarray,
+    mask: np.ndarray,
+    masked_texture: np.ndarray,
+    max_images: int = 8,
+) -> str:
     """PNG with three rows: sampled UV textures, visibility masks, masked textures.
 
     texture, masked_texture [B, res, res, C]; mask [B, res, res, 1 or C].
@@ -203,10 +234,12 @@ def save_curves(path: str, rows: Iterable[Mapping], title: str = "") -> str:
     """
     plt = _pyplot()
     rows = list(rows)
-    train = [(r["step"], r["loss/total"]) for r in rows
-             if r.get("split") == "train" and "loss/total" in r]
-    evals = [(r["step"], 100.0 * r["nme"]) for r in rows if r.get("split") == "eval"
-             and "nme" in r]
+    train = [
+        (r["step"], r["loss/total"])
+        for r in rows
+        if r.get("split") == "train" and "loss/total" in r
+    ]
+    evals = [(r["step"], 100.0 * r["nme"]) for r in rows if r.get("split") == "eval" and "nme" in r]
     fig, (ax_loss, ax_nme) = plt.subplots(1, 2, figsize=(10, 3.6))
     if train:
         steps, values = zip(*train)
@@ -219,8 +252,13 @@ def save_curves(path: str, rows: Iterable[Mapping], title: str = "") -> str:
         steps, values = zip(*evals)
         ax_nme.plot(steps, values, "o-", ms=3, color="tab:red")
         ax_nme.axhline(3.0, ls="--", color="gray", lw=0.8)
-        ax_nme.annotate(f"{values[-1]:.2f}%", (steps[-1], values[-1]), fontsize=8,
-                        textcoords="offset points", xytext=(-30, 8))
+        ax_nme.annotate(
+            f"{values[-1]:.2f}%",
+            (steps[-1], values[-1]),
+            fontsize=8,
+            textcoords="offset points",
+            xytext=(-30, 8),
+        )
         ax_nme.set_yscale("log")
     ax_nme.set_xlabel("step")
     ax_nme.set_ylabel("held-out landmark NME (%)")

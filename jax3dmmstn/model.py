@@ -119,18 +119,26 @@ class SmallCNN(nn.Module):
         for stage, width in enumerate(self.widths):
             for i in range(self.convs_per_stage):
                 name = f"conv{stage + 1}_{i + 1}"
-                x = nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype,
-                            kernel_init=nn.initializers.he_normal(), name=name)(x)
+                x = nn.Conv(
+                    width,
+                    (3, 3),
+                    padding="SAME",
+                    dtype=self.dtype,
+                    kernel_init=nn.initializers.he_normal(),
+                    name=name,
+                )(x)
                 if self.norm == "group":
                     # Group norm, not batch norm: per example, so 1 or N devices (and any
                     # batch split) compute the same function, and there is no state to sync.
-                    x = nn.GroupNorm(num_groups=min(8, width), dtype=self.dtype,
-                                     name=f"{name}_norm")(x)
+                    x = nn.GroupNorm(
+                        num_groups=min(8, width), dtype=self.dtype, name=f"{name}_norm"
+                    )(x)
                 x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
-        x = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=nn.initializers.he_normal(),
-                     name="fc")(x)
+        x = nn.Dense(
+            self.hidden, dtype=self.dtype, kernel_init=nn.initializers.he_normal(), name="fc"
+        )(x)
         return nn.relu(x)
 
 
@@ -164,8 +172,13 @@ class VGG16(nn.Module):
         x = (x - jnp.asarray(self.input_mean, x.dtype)).astype(self.dtype)
         for names, width in VGG16_BLOCKS:
             for name in names:
-                x = nn.Conv(max(1, width // self.width_divisor), (3, 3), padding=((1, 1), (1, 1)),
-                            dtype=self.dtype, name=name)(x)
+                x = nn.Conv(
+                    max(1, width // self.width_divisor),
+                    (3, 3),
+                    padding=((1, 1), (1, 1)),
+                    dtype=self.dtype,
+                    name=name,
+                )(x)
                 x = nn.relu(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = nn.Conv(self.fc_width, x.shape[1:3], padding="VALID", dtype=self.dtype, name="fc6")(x)
@@ -228,28 +241,51 @@ class STN3DMM(nn.Module):
         if images.ndim != 4:
             raise ValueError(f"images must be [B, H, W, C], got shape {images.shape}")
         if tuple(images.shape[1:3]) != tuple(self.image_size):
-            raise ValueError(f"images are {tuple(images.shape[1:3])} but the model was built for "
-                             f"image_size={tuple(self.image_size)}")
+            raise ValueError(
+                f"images are {tuple(images.shape[1:3])} but the model was built for "
+                f"image_size={tuple(self.image_size)}"
+            )
         small = images
-        if self.localiser_input_size is not None and \
-                tuple(self.localiser_input_size) != tuple(images.shape[1:3]):
+        if self.localiser_input_size is not None and tuple(self.localiser_input_size) != tuple(
+            images.shape[1:3]
+        ):
             h, w = self.localiser_input_size
-            small = jax.image.resize(images.astype(jnp.float32), (images.shape[0], h, w,
-                                                                images.shape[3]), "linear")
+            small = jax.image.resize(
+                images.astype(jnp.float32), (images.shape[0], h, w, images.shape[3]), "linear"
+            )
         features = self.localiser(small)
-        theta = ThetaHead(N_POSE_PARAMETERS + self.n_components, tuple(self.image_size),
-                          kernel_gain=self.head_gain, name="theta_head")(features)
-        out = compose_from_theta(theta, images if self.with_texture else None,
-                                 mean=self.mean, basis=self.basis, faces=self.faces,
-                                 landmark_index=self.landmark_index, resolution=self.resolution,
-                                 image_size=self.image_size,
-                                 scale_parametrisation=self.scale_parametrisation)
+        theta = ThetaHead(
+            N_POSE_PARAMETERS + self.n_components,
+            tuple(self.image_size),
+            kernel_gain=self.head_gain,
+            name="theta_head",
+        )(features)
+        out = compose_from_theta(
+            theta,
+            images if self.with_texture else None,
+            mean=self.mean,
+            basis=self.basis,
+            faces=self.faces,
+            landmark_index=self.landmark_index,
+            resolution=self.resolution,
+            image_size=self.image_size,
+            scale_parametrisation=self.scale_parametrisation,
+        )
         return out
 
 
-def compose_from_theta(theta: Array, images: Array | None, *, mean, basis, faces, landmark_index,
-                       resolution: int, image_size: tuple[int, int],
-                       scale_parametrisation: str = "matconvnet") -> dict[str, Array]:
+def compose_from_theta(
+    theta: Array,
+    images: Array | None,
+    *,
+    mean,
+    basis,
+    faces,
+    landmark_index,
+    resolution: int,
+    image_size: tuple[int, int],
+    scale_parametrisation: str = "matconvnet",
+) -> dict[str, Array]:
     """The parameter-free part of the STN: theta [B, 6+D] (+ images [B, H, W, C]) -> dict.
 
     Pure function (also used by evaluation to turn ground-truth theta into landmarks).
@@ -258,35 +294,62 @@ def compose_from_theta(theta: Array, images: Array | None, *, mean, basis, faces
     mean = jnp.asarray(mean, jnp.float32)
     basis = jnp.asarray(basis, jnp.float32)
     if theta.ndim != 2 or theta.shape[1] != N_POSE_PARAMETERS + basis.shape[-1]:
-        raise ValueError(f"theta must be [B, {N_POSE_PARAMETERS + basis.shape[-1]}] for a "
-                         f"{basis.shape[-1]}-component model, got {theta.shape}")
+        raise ValueError(
+            f"theta must be [B, {N_POSE_PARAMETERS + basis.shape[-1]}] for a "
+            f"{basis.shape[-1]}-component model, got {theta.shape}"
+        )
     r, t, logs, alpha = geometry.split_theta(theta)
     chain = geometry.project_theta(theta, mean, basis, parametrisation=scale_parametrisation)
     points2d = chain.points2d
-    out = dict(theta=theta, r=r, t=t, logs=logs, alpha=alpha, R=chain.rotation, s=chain.scale,
-               vertices3d=chain.vertices, rotated=chain.rotated, points2d=points2d,
-               landmarks=geometry.select_landmarks(points2d, np.asarray(landmark_index)))
+    out = dict(
+        theta=theta,
+        r=r,
+        t=t,
+        logs=logs,
+        alpha=alpha,
+        R=chain.rotation,
+        s=chain.scale,
+        vertices3d=chain.vertices,
+        rotated=chain.rotated,
+        points2d=points2d,
+        landmarks=geometry.select_landmarks(points2d, np.asarray(landmark_index)),
+    )
     if images is not None and resolution > 0:
         grid = geometry.points_to_grid(points2d, image_size=tuple(image_size))
         texture = sampler.bilinear_sample(images.astype(jnp.float32), grid)
         mask = visibility.visibility_mask(chain.rotated, np.asarray(faces))
-        out.update(grid=grid, texture=texture, mask=mask,
-                   masked_texture=visibility.apply_mask(texture, mask))
+        out.update(
+            grid=grid,
+            texture=texture,
+            mask=mask,
+            masked_texture=visibility.apply_mask(texture, mask),
+        )
     return out
 
 
-def build_stn(morphable_model, *, localiser: str = "small_cnn", image_size=(224, 224),
-              localiser_input_size=None, landmarks: str = "aflw21",
-              scale_parametrisation: str = "matconvnet", dtype: Any = jnp.float32,
-              with_texture: bool = True, localiser_kwargs: dict | None = None) -> STN3DMM:
+def build_stn(
+    morphable_model,
+    *,
+    localiser: str = "small_cnn",
+    image_size=(224, 224),
+    localiser_input_size=None,
+    landmarks: str = "aflw21",
+    scale_parametrisation: str = "matconvnet",
+    dtype: Any = jnp.float32,
+    with_texture: bool = True,
+    localiser_kwargs: dict | None = None,
+) -> STN3DMM:
     """Build the STN for a :class:`~jax3dmmstn.morphable_model.MorphableModel`."""
     if landmarks not in morphable_model.landmarks:
-        raise ValueError(f"the morphable model has no landmark set {landmarks!r}; it has "
-                         f"{sorted(morphable_model.landmarks)}")
+        raise ValueError(
+            f"the morphable model has no landmark set {landmarks!r}; it has "
+            f"{sorted(morphable_model.landmarks)}"
+        )
     resolution = int(getattr(morphable_model, "resolution", 0) or 0)
     if resolution and resolution * resolution != morphable_model.mean.shape[0]:
-        raise ValueError(f"model resolution {resolution} does not match "
-                         f"{morphable_model.mean.shape[0]} vertices")
+        raise ValueError(
+            f"model resolution {resolution} does not match {morphable_model.mean.shape[0]} vertices"
+        )
     return STN3DMM(
         localiser=make_localiser(localiser, dtype=dtype, **(localiser_kwargs or {})),
         mean=np.asarray(morphable_model.mean, np.float32),
@@ -295,8 +358,9 @@ def build_stn(morphable_model, *, localiser: str = "small_cnn", image_size=(224,
         landmark_index=np.asarray(morphable_model.landmarks[landmarks], np.int32),
         resolution=resolution,
         image_size=tuple(int(v) for v in image_size),
-        localiser_input_size=None if localiser_input_size is None else
-        tuple(int(v) for v in localiser_input_size),
+        localiser_input_size=None
+        if localiser_input_size is None
+        else tuple(int(v) for v in localiser_input_size),
         scale_parametrisation=scale_parametrisation,
         with_texture=with_texture and resolution > 0,
     )

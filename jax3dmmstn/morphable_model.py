@@ -22,25 +22,47 @@ PathLike = Union[str, "os.PathLike[str]"]
 # (util/landmarks/Landmarks21_112.anl of the original). Order: 6 eyebrow points left to right,
 # 6 eye points left to right, left ear, 3 nose points, right ear, 3 mouth points, chin.
 AFLW21_INDICES_112_ONE_BASED = (
-    2489, 2279, 2178, 2191, 2314, 2552, 3283, 3177, 3182, 3203, 3208,
-    3326, 7177, 4979, 4536, 4990, 7272, 6880, 6664, 6897, 9128,
+    2489,
+    2279,
+    2178,
+    2191,
+    2314,
+    2552,
+    3283,
+    3177,
+    3182,
+    3203,
+    3208,
+    3326,
+    7177,
+    4979,
+    4536,
+    4990,
+    7272,
+    6880,
+    6664,
+    6897,
+    9128,
 )
 
 # Left/right permutation of the 21 AFLW points under a horizontal image flip (1-based in the
 # original's syncFlippedLandmarks; stored 0-based here).
-AFLW21_FLIP = np.array(
-    [6, 5, 4, 3, 2, 1, 12, 11, 10, 9, 8, 7, 17, 16, 15, 14, 13, 20, 19, 18, 21], dtype=np.int32
-) - 1
+AFLW21_FLIP = (
+    np.array(
+        [6, 5, 4, 3, 2, 1, 12, 11, 10, 9, 8, 7, 17, 16, 15, 14, 13, 20, 19, 18, 21], dtype=np.int32
+    )
+    - 1
+)
 
 
 def _ibug68_flip() -> np.ndarray:
     """0-based left/right permutation of the 68 iBUG (300-W) points under a horizontal flip."""
-    pairs = [(i, 16 - i) for i in range(8)]                     # jaw line
-    pairs += [(17 + i, 26 - i) for i in range(5)]               # eyebrows
-    pairs += [(31, 35), (32, 34)]                               # nostrils
+    pairs = [(i, 16 - i) for i in range(8)]  # jaw line
+    pairs += [(17 + i, 26 - i) for i in range(5)]  # eyebrows
+    pairs += [(31, 35), (32, 34)]  # nostrils
     pairs += [(36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46)]  # eyes
     pairs += [(48, 54), (49, 53), (50, 52), (55, 59), (56, 58)]  # outer lips
-    pairs += [(60, 64), (61, 63), (65, 67)]                     # inner lips
+    pairs += [(60, 64), (61, 63), (65, 67)]  # inner lips
     flip = np.arange(68, dtype=np.int32)
     for a, b in pairs:
         flip[a], flip[b] = b, a
@@ -87,8 +109,8 @@ def grid_faces(resolution: int) -> np.ndarray:
     col, row = np.meshgrid(np.arange(res - 1), np.arange(res - 1), indexing="ij")
     col, row = col.ravel(), row.ravel()
     k00 = row * res + col
-    k10 = row * res + col + 1          # next column
-    k01 = (row + 1) * res + col        # next row
+    k10 = row * res + col + 1  # next column
+    k01 = (row + 1) * res + col  # next row
     k11 = (row + 1) * res + col + 1
     first = np.stack([k00, k10, k01], axis=1)
     second = np.stack([k11, k01, k10], axis=1)
@@ -169,10 +191,20 @@ class MorphableModel:
         _set("mirror", _as_array("mirror", self.mirror, np.int32))
         if self.albedo is not None:
             _set("albedo", _as_array("albedo", self.albedo, np.float32))
-        _set("landmarks", {str(k): _as_array(f"landmarks[{k!r}]", v, np.int32)
-                           for k, v in dict(self.landmarks).items()})
-        _set("landmark_flip", {str(k): _as_array(f"landmark_flip[{k!r}]", v, np.int32)
-                               for k, v in dict(self.landmark_flip).items()})
+        _set(
+            "landmarks",
+            {
+                str(k): _as_array(f"landmarks[{k!r}]", v, np.int32)
+                for k, v in dict(self.landmarks).items()
+            },
+        )
+        _set(
+            "landmark_flip",
+            {
+                str(k): _as_array(f"landmark_flip[{k!r}]", v, np.int32)
+                for k, v in dict(self.landmark_flip).items()
+            },
+        )
         _set("resolution", int(self.resolution))
         _set("n_identity", int(self.n_identity))
         _set("n_expression", int(self.n_expression))
@@ -191,7 +223,8 @@ class MorphableModel:
         if self.n_identity < 0 or self.n_expression < 0 or self.n_identity + self.n_expression != d:
             raise ValueError(
                 f"n_identity ({self.n_identity}) + n_expression ({self.n_expression}) must equal "
-                f"the number of components D = {d}")
+                f"the number of components D = {d}"
+            )
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(basis))):
             raise ValueError("mean and basis must be finite (found NaN or inf)")
         faces = self.faces
@@ -200,13 +233,15 @@ class MorphableModel:
         if faces.size and (faces.min() < 0 or faces.max() >= n):
             raise ValueError(
                 f"faces must be 0-based vertex indices in [0, {n}), got range "
-                f"[{faces.min()}, {faces.max()}]")
+                f"[{faces.min()}, {faces.max()}]"
+            )
         if self.resolution < 0:
             raise ValueError(f"resolution must be >= 0, got {self.resolution}")
-        if self.resolution and self.resolution ** 2 != n:
+        if self.resolution and self.resolution**2 != n:
             raise ValueError(
-                f"a grid model of resolution {self.resolution} needs {self.resolution ** 2} "
-                f"vertices, got N = {n}")
+                f"a grid model of resolution {self.resolution} needs {self.resolution**2} "
+                f"vertices, got N = {n}"
+            )
         if self.uv.shape != (n, 2):
             raise ValueError(f"uv must have shape [N={n}, 2], got {self.uv.shape}")
         if self.mirror.shape != (n,):
@@ -221,7 +256,8 @@ class MorphableModel:
         if set(self.landmarks) != set(self.landmark_flip):
             raise ValueError(
                 f"landmarks {sorted(self.landmarks)} and landmark_flip {sorted(self.landmark_flip)} "
-                "must name the same landmark sets")
+                "must name the same landmark sets"
+            )
         for name, idx in self.landmarks.items():
             if idx.ndim != 1:
                 raise ValueError(f"landmarks[{name!r}] must be 1-D, got shape {idx.shape}")
@@ -230,7 +266,8 @@ class MorphableModel:
             flip = self.landmark_flip[name]
             if flip.shape != idx.shape or not np.array_equal(np.sort(flip), np.arange(idx.size)):
                 raise ValueError(
-                    f"landmark_flip[{name!r}] must be a permutation of range({idx.size}), got {flip}")
+                    f"landmark_flip[{name!r}] must be a permutation of range({idx.size}), got {flip}"
+                )
 
     # ----------------------------------------------------------------------------- properties
     @property
@@ -266,10 +303,16 @@ class MorphableModel:
         path = Path(path)
         arrays = {
             "format_version": np.array(_FORMAT_VERSION),
-            "mean": self.mean, "basis": self.basis, "faces": self.faces,
-            "resolution": np.array(self.resolution), "uv": self.uv, "mirror": self.mirror,
-            "n_identity": np.array(self.n_identity), "n_expression": np.array(self.n_expression),
-            "units": np.array(self.units), "provenance": np.array(self.provenance),
+            "mean": self.mean,
+            "basis": self.basis,
+            "faces": self.faces,
+            "resolution": np.array(self.resolution),
+            "uv": self.uv,
+            "mirror": self.mirror,
+            "n_identity": np.array(self.n_identity),
+            "n_expression": np.array(self.n_expression),
+            "units": np.array(self.units),
+            "provenance": np.array(self.provenance),
             "landmark_names": np.array(sorted(self.landmarks), dtype=np.str_).reshape(-1),
         }
         if self.albedo is not None:
@@ -299,8 +342,20 @@ class MorphableModel:
         except Exception as exc:  # zipfile/ValueError on a corrupt file
             raise ValueError(f"{path} is not a readable .npz morphable model: {exc}") from exc
         with data:
-            required = ["format_version", "mean", "basis", "faces", "resolution", "uv", "mirror",
-                        "n_identity", "n_expression", "units", "provenance", "landmark_names"]
+            required = [
+                "format_version",
+                "mean",
+                "basis",
+                "faces",
+                "resolution",
+                "uv",
+                "mirror",
+                "n_identity",
+                "n_expression",
+                "units",
+                "provenance",
+                "landmark_names",
+            ]
             missing = [k for k in required if k not in data.files]
             if missing:
                 raise ValueError(f"{path} is not a morphable model file: missing arrays {missing}")
@@ -314,12 +369,20 @@ class MorphableModel:
             except KeyError as exc:
                 raise ValueError(f"{path}: landmark arrays missing ({exc})") from exc
             return cls(
-                mean=data["mean"], basis=data["basis"], faces=data["faces"],
-                resolution=int(data["resolution"]), uv=data["uv"],
-                landmarks=landmarks, landmark_flip=flips, mirror=data["mirror"],
+                mean=data["mean"],
+                basis=data["basis"],
+                faces=data["faces"],
+                resolution=int(data["resolution"]),
+                uv=data["uv"],
+                landmarks=landmarks,
+                landmark_flip=flips,
+                mirror=data["mirror"],
                 albedo=data["albedo"] if "albedo" in data.files else None,
-                n_identity=int(data["n_identity"]), n_expression=int(data["n_expression"]),
-                units=str(data["units"]), provenance=str(data["provenance"]))
+                n_identity=int(data["n_identity"]),
+                n_expression=int(data["n_expression"]),
+                units=str(data["units"]),
+                provenance=str(data["provenance"]),
+            )
 
 
 def _as_array(name: str, value, dtype) -> np.ndarray:
@@ -353,7 +416,9 @@ def read_anl(path: PathLike) -> np.ndarray:
             try:
                 number = float(token)
             except ValueError:
-                raise ValueError(f"{path}:{lineno}: expected a vertex index, got {token!r}") from None
+                raise ValueError(
+                    f"{path}:{lineno}: expected a vertex index, got {token!r}"
+                ) from None
             if number != int(number) or number < 1:
                 raise ValueError(f"{path}:{lineno}: {token!r} is not a 1-based vertex index")
             values.append(int(number) - 1)
@@ -390,9 +455,11 @@ def load_mat(path: PathLike, required: Sequence[str]) -> dict:
 
 
 def _v73_message(path: Path) -> str:
-    return (f"{path} is a MATLAB v7.3 (HDF5) .mat file, which scipy cannot read. Re-save it in "
-            f"MATLAB as v7: `s = load('{path.name}'); save('{path.stem}_v7.mat', '-struct', 's', "
-            f"'-v7')` (or in Octave: `save -v7 ...`), or read it with h5py and pass the arrays in.")
+    return (
+        f"{path} is a MATLAB v7.3 (HDF5) .mat file, which scipy cannot read. Re-save it in "
+        f"MATLAB as v7: `s = load('{path.name}'); save('{path.stem}_v7.mat', '-struct', 's', "
+        f"'-v7')` (or in Octave: `save -v7 ...`), or read it with h5py and pass the arrays in."
+    )
 
 
 def _landmark_name(count: int, path: Path) -> str:
@@ -402,7 +469,8 @@ def _landmark_name(count: int, path: Path) -> str:
         return "ibug68"
     raise ValueError(
         f"{path} holds {count} landmarks; only 21 (AFLW) and 68 (iBUG) point sets are known. "
-        "Pass a mapping {name: path} with a matching flip permutation instead.")
+        "Pass a mapping {name: path} with a matching flip permutation instead."
+    )
 
 
 def load_matconvnet_model(
@@ -431,14 +499,18 @@ def load_matconvnet_model(
     if shape_pc.ndim != 2 or shape_pc.shape[0] != 3 * n:
         raise ValueError(f"{path}: shapePC must be 3N x D with 3N = {3 * n}, got {shape_pc.shape}")
     if "nverts" in data and int(np.asarray(data["nverts"]).ravel()[0]) != n:
-        raise ValueError(f"{path}: nverts = {int(np.asarray(data['nverts']).ravel()[0])} but "
-                         f"shapeMU holds {n} vertices")
+        raise ValueError(
+            f"{path}: nverts = {int(np.asarray(data['nverts']).ravel()[0])} but "
+            f"shapeMU holds {n} vertices"
+        )
     if faces.ndim != 2 or faces.shape[1] != 3:
         raise ValueError(f"{path}: faces must be F x 3, got shape {faces.shape}")
     faces = faces.astype(np.int64)
     if faces.min() < 1 or faces.max() > n:
-        raise ValueError(f"{path}: faces must be 1-based indices in [1, {n}], got range "
-                         f"[{faces.min()}, {faces.max()}]")
+        raise ValueError(
+            f"{path}: faces must be 1-based indices in [1, {n}], got range "
+            f"[{faces.min()}, {faces.max()}]"
+        )
     res = int(round(np.sqrt(n)))
     if res * res != n:
         raise ValueError(f"{path}: N = {n} vertices is not a square grid (res x res) model")
@@ -450,7 +522,11 @@ def load_matconvnet_model(
 
     landmarks: dict[str, np.ndarray] = {}
     if landmarks_path is not None:
-        paths = [landmarks_path] if isinstance(landmarks_path, (str, os.PathLike)) else list(landmarks_path)
+        paths = (
+            [landmarks_path]
+            if isinstance(landmarks_path, (str, os.PathLike))
+            else list(landmarks_path)
+        )
         for p in paths:
             idx = read_anl(p)
             if idx.max() >= n:

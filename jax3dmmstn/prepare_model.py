@@ -23,25 +23,53 @@ from jax3dmmstn.bfm import build_bfm_model
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m jax3dmmstn.prepare_model",
-        description="Resample the BFM (+ 3DDFA expressions) to a res x res UV grid model (.npz).")
-    parser.add_argument("--bfm", type=Path, required=True,
-                        help="01_MorphableModel.mat (shapeMU, shapePC, shapeEV, tl, texMU)")
+        description="Resample the BFM (+ 3DDFA expressions) to a res x res UV grid model (.npz).",
+    )
+    parser.add_argument(
+        "--bfm",
+        type=Path,
+        required=True,
+        help="01_MorphableModel.mat (shapeMU, shapePC, shapeEV, tl, texMU)",
+    )
     parser.add_argument("--uv", type=Path, required=True, help="BFM_UV.mat (UV, 53490 x 2)")
-    parser.add_argument("--expression", type=Path, default=None,
-                        help="3DDFA Model_Expression.mat (w_exp); needs --tddfa-map")
-    parser.add_argument("--tddfa-map", type=Path, default=None,
-                        help="map_tddfa_to_basel.mat (0-based BFM vertex of each 3DDFA vertex)")
+    parser.add_argument(
+        "--expression",
+        type=Path,
+        default=None,
+        help="3DDFA Model_Expression.mat (w_exp); needs --tddfa-map",
+    )
+    parser.add_argument(
+        "--tddfa-map",
+        type=Path,
+        default=None,
+        help="map_tddfa_to_basel.mat (0-based BFM vertex of each 3DDFA vertex)",
+    )
     parser.add_argument("--resolution", type=int, default=112, help="grid resolution (default 112)")
-    parser.add_argument("--identity", type=int, default=5,
-                        help="number of identity components, scaled by shapeEV (default 5)")
-    parser.add_argument("--expressions", type=int, default=5,
-                        help="number of expression components (default 5; ignored without "
-                             "--expression)")
-    parser.add_argument("--landmarks21", type=Path, default=None,
-                        help="21 AFLW landmarks as BFM vertices (.anl, 1-based); default: the "
-                             "original's 21 points of the 112 grid")
-    parser.add_argument("--landmarks68", type=Path, default=None,
-                        help="68 iBUG landmarks as BFM vertices (.anl, 1-based)")
+    parser.add_argument(
+        "--identity",
+        type=int,
+        default=5,
+        help="number of identity components, scaled by shapeEV (default 5)",
+    )
+    parser.add_argument(
+        "--expressions",
+        type=int,
+        default=5,
+        help="number of expression components (default 5; ignored without --expression)",
+    )
+    parser.add_argument(
+        "--landmarks21",
+        type=Path,
+        default=None,
+        help="21 AFLW landmarks as BFM vertices (.anl, 1-based); default: the "
+        "original's 21 points of the 112 grid",
+    )
+    parser.add_argument(
+        "--landmarks68",
+        type=Path,
+        default=None,
+        help="68 iBUG landmarks as BFM vertices (.anl, 1-based)",
+    )
     parser.add_argument("--no-albedo", action="store_true", help="do not resample texMU")
     parser.add_argument("--out", type=Path, required=True, help="output .npz")
     return parser
@@ -59,17 +87,26 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         model = build_bfm_model(
-            args.bfm, args.uv, args.expression, args.tddfa_map, resolution=args.resolution,
-            n_identity=args.identity, n_expression=args.expressions,
-            landmarks=landmarks or None, with_albedo=not args.no_albedo)
+            args.bfm,
+            args.uv,
+            args.expression,
+            args.tddfa_map,
+            resolution=args.resolution,
+            n_identity=args.identity,
+            n_expression=args.expressions,
+            landmarks=landmarks or None,
+            with_albedo=not args.no_albedo,
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     model.save(args.out)
-    print(f"wrote {args.out}: {model.n_vertices} vertices ({model.resolution} x {model.resolution}), "
-          f"{model.n_identity} identity + {model.n_expression} expression components, "
-          f"landmarks {sorted(model.landmarks)}, in {time.perf_counter() - start:.1f} s")
+    print(
+        f"wrote {args.out}: {model.n_vertices} vertices ({model.resolution} x {model.resolution}), "
+        f"{model.n_identity} identity + {model.n_expression} expression components, "
+        f"landmarks {sorted(model.landmarks)}, in {time.perf_counter() - start:.1f} s"
+    )
     return 0
 
 

@@ -17,29 +17,36 @@ from __future__ import annotations
 import numpy as np
 
 from jax3dmmstn.morphable_model import (
-    AFLW21_FLIP, IBUG68_FLIP, MorphableModel, grid_faces, grid_mirror, grid_uv)
+    AFLW21_FLIP,
+    IBUG68_FLIP,
+    MorphableModel,
+    grid_faces,
+    grid_mirror,
+    grid_uv,
+)
 
 # Shell geometry (mm).
-_HALF_WIDTH = 67.0       # a: x semi-axis of the shell
-_HALF_HEIGHT = 115.0     # b: y semi-axis
-_DEPTH = 90.0            # c: z semi-axis (front of the shell to the head's vertical axis)
-_ARC_PER_UV = 250.0      # mm of arc down the face per unit of v
-_V_CENTRE = 0.42         # row fraction t = 1 - v at elevation 0 (the level of the nose tip)
+_HALF_WIDTH = 67.0  # a: x semi-axis of the shell
+_HALF_HEIGHT = 115.0  # b: y semi-axis
+_DEPTH = 90.0  # c: z semi-axis (front of the shell to the head's vertical axis)
+_ARC_PER_UV = 250.0  # mm of arc down the face per unit of v
+_V_CENTRE = 0.42  # row fraction t = 1 - v at elevation 0 (the level of the nose tip)
 _CHIN_ELEVATION = -0.62  # elevation (rad) of the chin's lower edge, where the surface turns under
 _UNDERCHIN_SOFTNESS = 0.15
-_FRONT_FLATNESS = 0.6    # q in z = c cos(azimuth) ** q (1: an ellipse)
+_FRONT_FLATNESS = 0.6  # q in z = c cos(azimuth) ** q (1: an ellipse)
 
 # Anatomy in frontal coordinates (mm): y = 0 at the nose tip; left = image left = negative x.
-_EYE_X, _EYE_Y = 32.0, 40.0          # eye centres
-_BROW_Y = 55.0                       # eyebrows (middle of the arch)
+_EYE_X, _EYE_Y = 32.0, 40.0  # eye centres
+_BROW_Y = 55.0  # eyebrows (middle of the arch)
 _NOSE_TIP_Y, _SUBNASALE_Y = 0.0, -8.0
-_MOUTH_Y = -28.0                     # the mouth slit (stomion)
+_MOUTH_Y = -28.0  # the mouth slit (stomion)
 _MOUTH_HALF_WIDTH = 24.0
-_MENTON_Y = -72.0                    # bottom of the chin
+_MENTON_Y = -72.0  # bottom of the chin
 
 
-def synthetic_face_model(resolution: int = 112, n_identity: int = 5, n_expression: int = 5,
-                         seed: int = 0) -> MorphableModel:
+def synthetic_face_model(
+    resolution: int = 112, n_identity: int = 5, n_expression: int = 5, seed: int = 0
+) -> MorphableModel:
     """Builds the procedural face model on a res x res UV grid.
 
     Args:
@@ -59,7 +66,8 @@ def synthetic_face_model(resolution: int = 112, n_identity: int = 5, n_expressio
     if n_identity < 0 or n_expression < 0 or n_identity + n_expression == 0:
         raise ValueError(
             f"need n_identity >= 0, n_expression >= 0 and at least one component, got "
-            f"{n_identity}, {n_expression}")
+            f"{n_identity}, {n_expression}"
+        )
     res = int(resolution)
     uv = grid_uv(res).astype(np.float64)
     mirror = grid_mirror(res)
@@ -92,8 +100,10 @@ def synthetic_face_model(resolution: int = 112, n_identity: int = 5, n_expressio
         n_identity=n_identity,
         n_expression=n_expression,
         units="mm",
-        provenance=(f"jax3dmmstn.synthetic_face_model(resolution={res}, n_identity={n_identity}, "
-                    f"n_expression={n_expression}, seed={seed})"),
+        provenance=(
+            f"jax3dmmstn.synthetic_face_model(resolution={res}, n_identity={n_identity}, "
+            f"n_expression={n_expression}, seed={seed})"
+        ),
     )
 
 
@@ -118,22 +128,31 @@ def _shell_frame(uv: np.ndarray) -> dict:
     # under the chin runs backwards (towards the neck) rather than further down.
     el_c, k = _CHIN_ELEVATION, _UNDERCHIN_SOFTNESS
     below = elevation < el_c
-    height = np.where(below, np.sin(el_c) + np.cos(el_c) * k * np.tanh((elevation - el_c) / k), sin_el)
+    height = np.where(
+        below, np.sin(el_c) + np.cos(el_c) * k * np.tanh((elevation - el_c) / k), sin_el
+    )
     d_height = np.where(below, np.cos(el_c) / np.cosh((elevation - el_c) / k) ** 2, cos_el)
     # Horizontal cross-section: z = c cos(azimuth) ** q with q < 1 is flatter across the front
     # of the face than an ellipse and turns faster at the sides, like a real face.
     q = _FRONT_FLATNESS
     sin_az = np.sin(azimuth)
     cos_az = np.maximum(np.cos(azimuth), 1e-12)
-    depth, d_depth = cos_az ** q, -q * cos_az ** (q - 1.0) * sin_az
+    depth, d_depth = cos_az**q, -q * cos_az ** (q - 1.0) * sin_az
     shell = np.stack([a * cos_el * sin_az, b * height, c * cos_el * depth], axis=1)
     # Outward normal: d/d(azimuth) x d/d(elevation) of the parametrisation.
     d_az = np.stack([a * cos_el * cos_az, np.zeros_like(u), c * cos_el * d_depth], axis=1)
     d_el = np.stack([-a * sin_el * sin_az, b * d_height, -c * sin_el * depth], axis=1)
     normal = np.cross(d_az, d_el)
     normal /= np.linalg.norm(normal, axis=1, keepdims=True)
-    return {"azimuth": azimuth, "elevation": elevation, "shell": shell, "normal": normal,
-            "fx": shell[:, 0], "fy": shell[:, 1], "t": t}
+    return {
+        "azimuth": azimuth,
+        "elevation": elevation,
+        "shell": shell,
+        "normal": normal,
+        "fx": shell[:, 0],
+        "fy": shell[:, 1],
+        "t": t,
+    }
 
 
 def _jaw_taper(fy: np.ndarray) -> np.ndarray:
@@ -193,17 +212,17 @@ def _anatomy_displacement(frame: dict) -> np.ndarray:
     x, y = frame["fx"], frame["fy"]
     ax = np.abs(x)
     d = np.zeros_like(x)
-    d += 5.5 * _gauss(ax, y, 30.0, _BROW_Y - 3.0, 17.0, 6.0)           # brow ridge
-    d += 2.0 * _gauss(x, y, 0.0, _BROW_Y - 7.0, 12.0, 8.0)             # glabella
-    d -= 11.0 * _gauss(ax, y, _EYE_X, _EYE_Y + 1.0, 12.5, 8.5)         # eye sockets
-    d += 5.0 * _gauss(ax, y, _EYE_X, _EYE_Y, 8.5, 4.5)                 # eyeballs under the lids
+    d += 5.5 * _gauss(ax, y, 30.0, _BROW_Y - 3.0, 17.0, 6.0)  # brow ridge
+    d += 2.0 * _gauss(x, y, 0.0, _BROW_Y - 7.0, 12.0, 8.0)  # glabella
+    d -= 11.0 * _gauss(ax, y, _EYE_X, _EYE_Y + 1.0, 12.5, 8.5)  # eye sockets
+    d += 5.0 * _gauss(ax, y, _EYE_X, _EYE_Y, 8.5, 4.5)  # eyeballs under the lids
     d += _nose(x, y)
-    d += 6.0 * _gauss(ax, y, 45.0, 15.0, 14.0, 13.0)                   # cheekbones
-    d += 6.0 * _gauss(x, y, 0.0, _MOUTH_Y + 3.0, 26.0, 16.0)           # the muzzle (teeth, jaws)
+    d += 6.0 * _gauss(ax, y, 45.0, 15.0, 14.0, 13.0)  # cheekbones
+    d += 6.0 * _gauss(x, y, 0.0, _MOUTH_Y + 3.0, 26.0, 16.0)  # the muzzle (teeth, jaws)
     d += _lips(x, y)
-    d -= 2.0 * _gauss(x, y, 0.0, _MOUTH_Y - 16.0, 13.0, 3.5)           # labiomental groove
+    d -= 2.0 * _gauss(x, y, 0.0, _MOUTH_Y - 16.0, 13.0, 3.5)  # labiomental groove
     d += _chin(x, y)
-    d -= 3.0 * _gauss(ax, y, 58.0, _BROW_Y - 5.0, 9.0, 14.0)           # temples
+    d -= 3.0 * _gauss(ax, y, 58.0, _BROW_Y - 5.0, 9.0, 14.0)  # temples
     return d * _front(frame) + _ears(frame)
 
 
@@ -236,9 +255,13 @@ def _identity_fields(frame: dict, mean: np.ndarray, count: int, rng) -> list:
         # face depth: a deeper or flatter profile
         (np.stack([zeros, zeros, mean[:, 2] - mean[:, 2].min()], axis=1), 6.0),
         # chin prominence and jaw width
-        (_along_normal(frame, _chin(x, y) * front)
-         + np.stack([0.1 * mean[:, 0] * _smoothstep((_MOUTH_Y - y) / 30.0), zeros, zeros], axis=1),
-         4.0),
+        (
+            _along_normal(frame, _chin(x, y) * front)
+            + np.stack(
+                [0.1 * mean[:, 0] * _smoothstep((_MOUTH_Y - y) / 30.0), zeros, zeros], axis=1
+            ),
+            4.0,
+        ),
     ]
     fields = designed[:count]
     fields += [(_random_field(frame, rng, region=None), 3.0) for _ in range(count - len(fields))]
@@ -260,8 +283,9 @@ def _expression_fields(frame: dict, count: int, rng) -> list:
     mouth_open = np.stack([zeros, -jaw + 0.15 * upper_lip, -0.35 * jaw], axis=1)
     corners = _gauss(ax, y, _MOUTH_HALF_WIDTH, _MOUTH_Y, 8.0, 7.0)
     cheeks = _gauss(ax, y, 38.0, 8.0, 12.0, 12.0)
-    smile = np.stack([0.7 * sx * corners, corners + 0.5 * cheeks, -0.5 * corners + 0.5 * cheeks],
-                     axis=1)
+    smile = np.stack(
+        [0.7 * sx * corners, corners + 0.5 * cheeks, -0.5 * corners + 0.5 * cheeks], axis=1
+    )
     brows = _gauss(ax, y, 32.0, _BROW_Y + 8.0, 26.0, 16.0)
     brow_raise = np.stack([zeros, brows, 0.1 * brows], axis=1)
     lips = _gauss(x, y, 0.0, _MOUTH_Y, 15.0, 8.0)
@@ -270,8 +294,9 @@ def _expression_fields(frame: dict, count: int, rng) -> list:
     frown = np.stack([-0.8 * sx * inner_brows, -inner_brows, 0.2 * inner_brows], axis=1)
     designed = [(mouth_open, 4.5), (smile, 3.0), (brow_raise, 4.0), (pucker, 3.0), (frown, 2.5)]
     fields = [(f * front[:, None], m) for f, m in designed[:count]]
-    fields += [(_random_field(frame, rng, region="mouth_eyes"), 2.0)
-               for _ in range(count - len(fields))]
+    fields += [
+        (_random_field(frame, rng, region="mouth_eyes"), 2.0) for _ in range(count - len(fields))
+    ]
     return fields
 
 
@@ -282,12 +307,17 @@ def _random_field(frame: dict, rng, region) -> np.ndarray:
     for _ in range(4):
         kx, ky = rng.uniform(0.5, 2.5, size=2)
         px, py = rng.uniform(0, 2 * np.pi, size=2)
-        field += rng.normal(size=3) * (np.cos(kx * np.pi * x + px) * np.cos(ky * np.pi * y + py))[:, None]
+        field += (
+            rng.normal(size=3)
+            * (np.cos(kx * np.pi * x + px) * np.cos(ky * np.pi * y + py))[:, None]
+        )
     window = _front(frame)
     if region == "mouth_eyes":
         ax = np.abs(frame["fx"])
-        window = window * (_gauss(frame["fx"], frame["fy"], 0.0, _MOUTH_Y, 30.0, 15.0)
-                           + _gauss(ax, frame["fy"], _EYE_X, _EYE_Y + 8.0, 18.0, 14.0))
+        window = window * (
+            _gauss(frame["fx"], frame["fy"], 0.0, _MOUTH_Y, 30.0, 15.0)
+            + _gauss(ax, frame["fy"], _EYE_X, _EYE_Y + 8.0, 18.0, 14.0)
+        )
     return field * window[:, None]
 
 
@@ -313,7 +343,7 @@ def _nearest(frame: dict, targets: np.ndarray) -> np.ndarray:
     """Vertices of the front of the shell nearest to frontal (x, y) targets [L, 2]. Returns [L] int32."""
     on_front = np.flatnonzero(np.cos(frame["azimuth"]) > 0.1)
     points = np.stack([frame["fx"], frame["fy"]], axis=1)[on_front]
-    d2 = (points ** 2).sum(1)[:, None] - 2.0 * points @ targets.T + (targets ** 2).sum(1)[None]
+    d2 = (points**2).sum(1)[:, None] - 2.0 * points @ targets.T + (targets**2).sum(1)[None]
     return on_front[np.argmin(d2, axis=0)].astype(np.int32)
 
 
@@ -351,8 +381,17 @@ def _aflw21(frame: dict, mirror: np.ndarray) -> np.ndarray:
     nose = [(-13.5, _NOSE_TIP_Y - 6.0), (0.0, _NOSE_TIP_Y), (13.5, _NOSE_TIP_Y - 6.0)]
     mouth = [(-_MOUTH_HALF_WIDTH, _MOUTH_Y), (0.0, _MOUTH_Y), (_MOUTH_HALF_WIDTH, _MOUTH_Y)]
     chin = [(0.0, _MENTON_Y)]
-    targets = np.array(brow + _mirrored(brow) + eye + _mirrored(eye) + [(-80.0, 0.0)] + nose
-                       + [(80.0, 0.0)] + mouth + chin)
+    targets = np.array(
+        brow
+        + _mirrored(brow)
+        + eye
+        + _mirrored(eye)
+        + [(-80.0, 0.0)]
+        + nose
+        + [(80.0, 0.0)]
+        + mouth
+        + chin
+    )
     idx = _nearest(frame, targets)
     idx[12] = _ear_lobe(frame)
     return _mirror_right(idx, targets[:, 0], AFLW21_FLIP, mirror)
@@ -367,17 +406,49 @@ def _ibug68(frame: dict, mirror: np.ndarray) -> np.ndarray:
     bridge = [(0.0, ey + 2.0 - k * (ey + 2.0) / 3.0) for k in range(4)]
     sn = _SUBNASALE_Y
     nostrils = [(-10.0, sn + 2.0), (-5.0, sn + 0.5), (0.0, sn), (5.0, sn + 0.5), (10.0, sn + 2.0)]
-    left_eye = [(-ex - 13.5, ey), (-ex - 5, ey + 4.0), (-ex + 5, ey + 4.0), (-ex + 13.5, ey),
-                (-ex + 5, ey - 3.0), (-ex - 5, ey - 3.0)]
-    right_eye = [(ex - 13.5, ey), (ex - 5, ey + 4.0), (ex + 5, ey + 4.0), (ex + 13.5, ey),
-                 (ex + 5, ey - 3.0), (ex - 5, ey - 3.0)]
-    outer = [(-mw, my), (-15.0, my + 5.0), (-6.0, my + 6.5), (0.0, my + 6.0), (6.0, my + 6.5),
-             (15.0, my + 5.0), (mw, my), (15.0, my - 5.5), (6.0, my - 7.5), (0.0, my - 8.0),
-             (-6.0, my - 7.5), (-15.0, my - 5.5)]
-    inner = [(-20.0, my), (-7.0, my + 1.0), (0.0, my + 1.0), (7.0, my + 1.0), (20.0, my),
-             (7.0, my - 1.0), (0.0, my - 1.0), (-7.0, my - 1.0)]
-    targets = np.concatenate([jaw, np.array(brows + bridge + nostrils + left_eye + right_eye
-                                            + outer + inner)])
+    left_eye = [
+        (-ex - 13.5, ey),
+        (-ex - 5, ey + 4.0),
+        (-ex + 5, ey + 4.0),
+        (-ex + 13.5, ey),
+        (-ex + 5, ey - 3.0),
+        (-ex - 5, ey - 3.0),
+    ]
+    right_eye = [
+        (ex - 13.5, ey),
+        (ex - 5, ey + 4.0),
+        (ex + 5, ey + 4.0),
+        (ex + 13.5, ey),
+        (ex + 5, ey - 3.0),
+        (ex - 5, ey - 3.0),
+    ]
+    outer = [
+        (-mw, my),
+        (-15.0, my + 5.0),
+        (-6.0, my + 6.5),
+        (0.0, my + 6.0),
+        (6.0, my + 6.5),
+        (15.0, my + 5.0),
+        (mw, my),
+        (15.0, my - 5.5),
+        (6.0, my - 7.5),
+        (0.0, my - 8.0),
+        (-6.0, my - 7.5),
+        (-15.0, my - 5.5),
+    ]
+    inner = [
+        (-20.0, my),
+        (-7.0, my + 1.0),
+        (0.0, my + 1.0),
+        (7.0, my + 1.0),
+        (20.0, my),
+        (7.0, my - 1.0),
+        (0.0, my - 1.0),
+        (-7.0, my - 1.0),
+    ]
+    targets = np.concatenate(
+        [jaw, np.array(brows + bridge + nostrils + left_eye + right_eye + outer + inner)]
+    )
     idx = _nearest(frame, targets)
     return _mirror_right(idx, targets[:, 0], IBUG68_FLIP, mirror)
 
@@ -397,7 +468,7 @@ def _albedo(frame: dict, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Per-vertex RGB in [0, 1]: skin, eyebrows, eyes with iris and pupil, lips, nostrils, hair. [N, 3]."""
     ax = np.abs(x)
     n = x.size
-    color = np.tile([0.87, 0.69, 0.58], (n, 1))                                       # skin
+    color = np.tile([0.87, 0.69, 0.58], (n, 1))  # skin
     color = _mix([0.90, 0.60, 0.52], color, 0.35 * _gauss(ax, y, 42.0, 10.0, 12.0, 10.0))  # cheeks
     color = _mix([0.88, 0.62, 0.54], color, 0.3 * _gauss(x, y, 0.0, _NOSE_TIP_Y, 7.0, 6.0))
     color = _mix([0.80, 0.62, 0.52], color, 0.4 * _smoothstep((_MENTON_Y + 5.0 - y) / 15.0))
@@ -405,33 +476,48 @@ def _albedo(frame: dict, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     arch = _brow_arch(ax)
     half_thick = 3.2 - 1.0 * _smoothstep((ax - 30.0) / 24.0)
     along = _smoothstep((ax - 13.0) / 3.0) * _smoothstep((57.0 - ax) / 3.0)
-    color = _mix([0.28, 0.19, 0.13], color, along * _soft_inside(np.abs(y - arch) - half_thick, 1.5))
+    color = _mix(
+        [0.28, 0.19, 0.13], color, along * _soft_inside(np.abs(y - arch) - half_thick, 1.5)
+    )
     # Eyes: an almond opening between two lid arcs; iris and pupil inside it.
     dx = ax - _EYE_X
     half_width = 13.5
     shape = np.clip(1.0 - (dx / half_width) ** 2, 0.0, None)
     upper, lower = _EYE_Y + 5.0 * shape, _EYE_Y - 3.8 * shape
-    inside_eye = (_soft_inside(y - upper, 1.0) * _soft_inside(lower - y, 1.0)
-                  * _soft_inside(np.abs(dx) - half_width, 1.0))
+    inside_eye = (
+        _soft_inside(y - upper, 1.0)
+        * _soft_inside(lower - y, 1.0)
+        * _soft_inside(np.abs(dx) - half_width, 1.0)
+    )
     r = np.hypot(dx, y - _EYE_Y - 0.3)
-    eye = np.tile([0.92, 0.91, 0.88], (n, 1))                                        # sclera
-    eye = _mix([0.30, 0.38, 0.46], eye, _soft_inside(r - 5.8, 1.2))                  # iris
-    eye = _mix([0.04, 0.04, 0.05], eye, _soft_inside(r - 2.3, 1.0))                  # pupil
+    eye = np.tile([0.92, 0.91, 0.88], (n, 1))  # sclera
+    eye = _mix([0.30, 0.38, 0.46], eye, _soft_inside(r - 5.8, 1.2))  # iris
+    eye = _mix([0.04, 0.04, 0.05], eye, _soft_inside(r - 2.3, 1.0))  # pupil
     color = color * (1.0 - inside_eye[:, None]) + eye * inside_eye[:, None]
-    lid_line = _soft_inside(np.abs(y - upper) - 0.6, 1.2) * _soft_inside(np.abs(dx) - half_width, 1.0)
+    lid_line = _soft_inside(np.abs(y - upper) - 0.6, 1.2) * _soft_inside(
+        np.abs(dx) - half_width, 1.0
+    )
     color = _mix([0.22, 0.15, 0.12], color, 0.85 * lid_line)
     # Lips: between a cupid's-bow upper outline and a rounded lower outline.
     lip_shape = np.sqrt(np.clip(1.0 - (x / _MOUTH_HALF_WIDTH) ** 2, 0.0, None))
     upper_outline = _MOUTH_Y + (7.0 - 1.5 * _gauss(x, 0.0, 0.0, 0.0, 3.0, 1.0)) * lip_shape
     lower_outline = _MOUTH_Y - 8.5 * lip_shape
-    in_lips = (_soft_inside(y - upper_outline, 1.2) * _soft_inside(lower_outline - y, 1.2)
-               * _soft_inside(ax - _MOUTH_HALF_WIDTH, 1.0))
+    in_lips = (
+        _soft_inside(y - upper_outline, 1.2)
+        * _soft_inside(lower_outline - y, 1.2)
+        * _soft_inside(ax - _MOUTH_HALF_WIDTH, 1.0)
+    )
     color = _mix([0.74, 0.38, 0.38], color, in_lips)
     # The mouth slit is at least one grid row tall, so an opened mouth shows a dark inside.
-    slit = _soft_inside(np.abs(y - _MOUTH_Y) - 2.0, 1.0) * _soft_inside(ax - _MOUTH_HALF_WIDTH + 1.0, 1.5)
-    color = _mix([0.30, 0.08, 0.08], color, slit)                                    # mouth
-    color = _mix([0.22, 0.11, 0.09], color,                                           # nostrils
-                 _soft_inside(np.hypot((ax - 6.5) / 3.0, (y - _SUBNASALE_Y - 1.0) / 1.7) - 1.0, 0.5))
+    slit = _soft_inside(np.abs(y - _MOUTH_Y) - 2.0, 1.0) * _soft_inside(
+        ax - _MOUTH_HALF_WIDTH + 1.0, 1.5
+    )
+    color = _mix([0.30, 0.08, 0.08], color, slit)  # mouth
+    color = _mix(
+        [0.22, 0.11, 0.09],
+        color,  # nostrils
+        _soft_inside(np.hypot((ax - 6.5) / 3.0, (y - _SUBNASALE_Y - 1.0) / 1.7) - 1.0, 0.5),
+    )
     # Hair: above a hairline on the forehead and on the sides above the ears.
     az = np.abs(frame["azimuth"])
     hair = _soft_inside(_BROW_Y + 30.0 - 8.0 * (ax / 50.0) ** 2 - y, 4.0)

@@ -81,10 +81,12 @@ def make_learning_rate(config, total_steps: int) -> optax.Schedule:
         return optax.constant_schedule(lr)
     if kind == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(
-            init_value=lr * config.get("warmup_init_fraction", 0.0), peak_value=lr,
+            init_value=lr * config.get("warmup_init_fraction", 0.0),
+            peak_value=lr,
             warmup_steps=int(config.get("warmup_steps", 0)),
             decay_steps=max(int(total_steps), int(config.get("warmup_steps", 0)) + 1),
-            end_value=lr * float(config.get("final_lr_fraction", 0.01)))
+            end_value=lr * float(config.get("final_lr_fraction", 0.01)),
+        )
     raise ValueError(f"unknown schedule {kind!r}; expected 'constant' or 'warmup_cosine'")
 
 
@@ -100,8 +102,9 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
     """
     kind = config.optimizer
     wd = float(config.get("weight_decay", 0.0))
-    mask = functools.partial(weight_decay_mask,
-                             head_bias_decay=bool(config.get("head_bias_weight_decay", False)))
+    mask = functools.partial(
+        weight_decay_mask, head_bias_decay=bool(config.get("head_bias_weight_decay", False))
+    )
     parts = []
     if config.get("grad_clip_norm", 0.0):
         parts.append(optax.clip_by_global_norm(float(config.grad_clip_norm)))
@@ -109,21 +112,35 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
         if wd:
             parts.append(optax.add_decayed_weights(wd, mask=mask))
         if config.get("momentum", 0.0):
-            parts.append(optax.trace(decay=float(config.momentum),
-                                     nesterov=bool(config.get("nesterov", False))))
+            parts.append(
+                optax.trace(
+                    decay=float(config.momentum), nesterov=bool(config.get("nesterov", False))
+                )
+            )
     elif kind == "adam":
-        parts.append(optax.scale_by_adam(b1=float(config.get("b1", 0.9)),
-                                         b2=float(config.get("b2", 0.999)),
-                                         eps=float(config.get("eps", 1e-8))))
+        parts.append(
+            optax.scale_by_adam(
+                b1=float(config.get("b1", 0.9)),
+                b2=float(config.get("b2", 0.999)),
+                eps=float(config.get("eps", 1e-8)),
+            )
+        )
         if wd:
             parts.append(optax.add_decayed_weights(wd, mask=mask))
     else:
         raise ValueError(f"unknown optimizer {kind!r}; expected 'sgd' or 'adam'")
     parts.append(optax.scale_by_learning_rate(make_learning_rate(config, total_steps)))
     weight_mult, bias_mult = (float(v) for v in config.get("head_lr_multipliers", (1.0, 1.0)))
-    parts.append(optax.multi_transform(
-        {"head_kernel": optax.scale(weight_mult), "head_bias": optax.scale(bias_mult),
-         "default": optax.identity()}, param_labels))
+    parts.append(
+        optax.multi_transform(
+            {
+                "head_kernel": optax.scale(weight_mult),
+                "head_bias": optax.scale(bias_mult),
+                "default": optax.identity(),
+            },
+            param_labels,
+        )
+    )
     return optax.chain(*parts)
 
 
@@ -146,21 +163,28 @@ class TrainState:
     data_position: Array
 
     def to_tree(self) -> dict:
-        return dict(step=self.step, params=self.params, opt_state=self.opt_state, rng=self.rng,
-                    data_position=self.data_position)
+        return dict(
+            step=self.step,
+            params=self.params,
+            opt_state=self.opt_state,
+            rng=self.rng,
+            data_position=self.data_position,
+        )
 
     @classmethod
     def from_tree(cls, tree: Mapping) -> "TrainState":
-        return cls(**{k: tree[k] for k in ("step", "params", "opt_state", "rng",
-                                           "data_position")})
+        return cls(**{k: tree[k] for k in ("step", "params", "opt_state", "rng", "data_position")})
 
 
-def create_train_state(params: PyTree, tx: optax.GradientTransformation, seed: int
-                       ) -> TrainState:
+def create_train_state(params: PyTree, tx: optax.GradientTransformation, seed: int) -> TrainState:
     rng = jax.random.key_data(jax.random.PRNGKey(seed))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), rng=rng,
-                      data_position=jnp.zeros((), jnp.int32))
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        rng=rng,
+        data_position=jnp.zeros((), jnp.int32),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,8 +209,12 @@ def _share(local_sum: Array, local_count: Array | None, axis_name: str | None) -
     return local_sum * n_shards / jnp.maximum(count, 1.0)
 
 
-def compute_losses(outputs: Mapping[str, Array], batch: Mapping[str, Array], loss_config,
-                   axis_name: str | None = None) -> dict[str, Array]:
+def compute_losses(
+    outputs: Mapping[str, Array],
+    batch: Mapping[str, Array],
+    loss_config,
+    axis_name: str | None = None,
+) -> dict[str, Array]:
     """Loss terms of one shard and their weighted total (see :func:`_share` for sharding).
 
     outputs: the STN's dict; batch: 'landmarks' [b, L, 2] (image frame), 'landmark_visible'
@@ -211,8 +239,9 @@ def compute_losses(outputs: Mapping[str, Array], batch: Mapping[str, Array], los
     alpha = outputs["alpha"]
     one = jnp.ones((), jnp.float32)
     terms = {}
-    landmark_sum = loss_lib.landmark_loss(outputs["landmarks"], batch["landmarks"], visible,
-                                          reduction="sum")
+    landmark_sum = loss_lib.landmark_loss(
+        outputs["landmarks"], batch["landmarks"], visible, reduction="sum"
+    )
     prior_sum = loss_lib.prior_loss(alpha, reduction="sum")
     if reduction == "mean":
         terms["landmark"] = _share(landmark_sum, jnp.sum(visible), axis_name)
@@ -229,8 +258,11 @@ def compute_losses(outputs: Mapping[str, Array], batch: Mapping[str, Array], los
         count = jnp.sum(jnp.broadcast_to(jax.lax.stop_gradient(mask), texture.shape))
         if name == "siamese":
             total = loss_lib.siamese_loss(
-                texture, mask, mirror_pairs=bool(loss_config.get("siamese_mirror_pairs", False)),
-                reduction="sum")
+                texture,
+                mask,
+                mirror_pairs=bool(loss_config.get("siamese_mirror_pairs", False)),
+                reduction="sum",
+            )
         else:
             total = loss_lib.symmetry_loss(texture, mask, reduction="sum")
         terms[name] = _share(total, count, axis_name)
@@ -246,8 +278,9 @@ def _all_finite(tree: PyTree) -> Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, loss_config,
-                    axis_name: str | None = None) -> Callable:
+def make_train_step(
+    apply_fn: Callable, tx: optax.GradientTransformation, loss_config, axis_name: str | None = None
+) -> Callable:
     """(state, batch) -> (new state, metrics). Pure; wrap in jit or pmap(axis_name=...).
 
     NaN guard: when any loss term or any gradient is not finite, the returned state keeps the
@@ -277,7 +310,8 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, loss_c
             params=keep(new_params, state.params),
             opt_state=keep(new_opt_state, state.opt_state),
             rng=jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0]),
-            data_position=state.data_position + 1)
+            data_position=state.data_position + 1,
+        )
         metrics = dict(terms)
         metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["finite"] = finite
@@ -306,9 +340,11 @@ def check_finite_metrics(metrics: Mapping[str, Any], step: int) -> None:
         what = f"the gradient (global norm {float(np.ravel(metrics['grad_norm'])[0])})"
     else:
         what = "the updated parameters (optimiser step overflowed)"
-    raise NonFiniteError(f"non-finite {what} at step {step}; the parameters were NOT updated "
-                         f"(they are those after step {step - 1}); lower the learning rate, "
-                         f"check the data, or resume from the last checkpoint")
+    raise NonFiniteError(
+        f"non-finite {what} at step {step}; the parameters were NOT updated "
+        f"(they are those after step {step - 1}); lower the learning rate, "
+        f"check the data, or resume from the last checkpoint"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,8 +353,9 @@ def check_finite_metrics(metrics: Mapping[str, Any], step: int) -> None:
 def replicate(tree: PyTree) -> PyTree:
     """Host copies stacked along a new leading axis, one per local device (pmap shards it)."""
     n = jax.local_device_count()
-    return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)),
-                        jax.device_get(tree))
+    return jax.tree.map(
+        lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), jax.device_get(tree)
+    )
 
 
 def unreplicate(tree: PyTree) -> PyTree:
@@ -351,7 +388,8 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-            item_names=("state", "config"))
+            item_names=("state", "config"),
+        )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -361,24 +399,34 @@ class Checkpointer:
         step = int(jax.device_get(state.step))
         if step in self.manager.all_steps():
             return False
-        saved = self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(jax.device_get(state.to_tree())),
-            config=ocp.args.JsonSave(config_json)), force=force)
+        saved = self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(jax.device_get(state.to_tree())),
+                config=ocp.args.JsonSave(config_json),
+            ),
+            force=force,
+        )
         return bool(saved)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
-    def restore(self, template: TrainState, step: int | None = None
-                ) -> tuple[TrainState, dict] | None:
+    def restore(
+        self, template: TrainState, step: int | None = None
+    ) -> tuple[TrainState, dict] | None:
         """Restore into ``template``'s structure; None when there is no checkpoint."""
         ocp = self._ocp
         step = self.latest_step() if step is None else step
         if step is None:
             return None
         target = jax.device_get(template.to_tree())
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()))
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()
+            ),
+        )
         return TrainState.from_tree(restored["state"]), dict(restored["config"] or {})
 
     def close(self) -> None:
@@ -398,17 +446,19 @@ def build_morphable_model(config):
     if kind == "synthetic":
         from jax3dmmstn.synthetic_model import synthetic_face_model
 
-        return synthetic_face_model(resolution=int(mm_config.resolution),
-                                    n_identity=int(mm_config.n_identity),
-                                    n_expression=int(mm_config.n_expression),
-                                    seed=int(mm_config.get("seed", 0)))
+        return synthetic_face_model(
+            resolution=int(mm_config.resolution),
+            n_identity=int(mm_config.n_identity),
+            n_expression=int(mm_config.n_expression),
+            seed=int(mm_config.get("seed", 0)),
+        )
     if kind == "npz":
         return mm_lib.MorphableModel.load(mm_config.path)
     if kind == "matconvnet":
-        return mm_lib.load_matconvnet_model(mm_config.path,
-                                            mm_config.get("landmarks_path") or None)
-    raise ValueError(f"unknown morphable_model.kind {kind!r}; expected 'synthetic', 'npz' or "
-                     f"'matconvnet'")
+        return mm_lib.load_matconvnet_model(mm_config.path, mm_config.get("landmarks_path") or None)
+    raise ValueError(
+        f"unknown morphable_model.kind {kind!r}; expected 'synthetic', 'npz' or 'matconvnet'"
+    )
 
 
 def build_model(config, morphable_model):
@@ -421,11 +471,16 @@ def build_model(config, morphable_model):
     localiser_kwargs = dict(m.get("localiser_kwargs", {}) or {})
     input_size = m.get("localiser_input_size", None)
     return model_lib.build_stn(
-        morphable_model, localiser=m.localiser, image_size=tuple(config.data.image_size),
+        morphable_model,
+        localiser=m.localiser,
+        image_size=tuple(config.data.image_size),
         localiser_input_size=None if not input_size else tuple(input_size),
         landmarks=m.get("landmarks", "aflw21"),
-        scale_parametrisation=m.get("scale_parametrisation", "matconvnet"), dtype=dtype,
-        with_texture=bool(m.get("with_texture", True)), localiser_kwargs=localiser_kwargs)
+        scale_parametrisation=m.get("scale_parametrisation", "matconvnet"),
+        dtype=dtype,
+        with_texture=bool(m.get("with_texture", True)),
+        localiser_kwargs=localiser_kwargs,
+    )
 
 
 def init_params(model, config, rng) -> PyTree:
@@ -448,16 +503,23 @@ def fit_scale_translation(model_points: np.ndarray, target: np.ndarray) -> tuple
     target = np.asarray(target, np.float64)
     centred_model = model_points - model_points.mean(axis=0)
     centred_target = target - target.mean(axis=0)
-    scale = float(np.sum(centred_model * centred_target) / np.sum(centred_model ** 2))
+    scale = float(np.sum(centred_model * centred_target) / np.sum(centred_model**2))
     if not scale > 0:
-        raise ValueError("the mean training landmarks do not fit the model's landmarks with a "
-                         "positive scale (mirrored or wrong landmark set?)")
+        raise ValueError(
+            "the mean training landmarks do not fit the model's landmarks with a "
+            "positive scale (mirrored or wrong landmark set?)"
+        )
     return scale, target.mean(axis=0) - scale * model_points.mean(axis=0)
 
 
-def init_head_from_landmarks(params: PyTree, morphable_model, landmark_index: np.ndarray,
-                             landmarks: np.ndarray, visible: np.ndarray,
-                             parametrisation: str = "matconvnet") -> PyTree:
+def init_head_from_landmarks(
+    params: PyTree,
+    morphable_model,
+    landmark_index: np.ndarray,
+    landmarks: np.ndarray,
+    visible: np.ndarray,
+    parametrisation: str = "matconvnet",
+) -> PyTree:
     """Data-dependent init of the theta head's t and logs biases.
 
     The original starts at t = image centre, s = 1 (logs = 0), right for 224 x 224 crops of
@@ -487,8 +549,11 @@ def init_head_from_landmarks(params: PyTree, morphable_model, landmark_index: np
 
 
 def config_to_dict(config) -> dict:
-    return json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") \
+    return (
+        json.loads(config.to_json_best_effort())
+        if hasattr(config, "to_json_best_effort")
         else dict(config)
+    )
 
 
 class MetricsWriter:
@@ -570,17 +635,27 @@ def build_data(config, morphable_model) -> tuple[Any, list]:
         held_out = loaders.load_imdb_mat(d.path, "val", on_error=d.on_error, expected_size=size)
         return train, _eval_batches_from_dataset(held_out, d.eval_size, eval_batch)
     if kind == "tfds":
-        train = loaders.load_tfds(d.tfds_name or "the300w_lp", split=d.split,
-                                  data_dir=d.data_dir or None, on_error=d.on_error)
-        held_out = loaders.load_tfds(d.get("eval_tfds_name", "") or "aflw2k3d",
-                                     split=d.eval_split, data_dir=d.data_dir or None,
-                                     on_error=d.on_error)
+        train = loaders.load_tfds(
+            d.tfds_name or "the300w_lp",
+            split=d.split,
+            data_dir=d.data_dir or None,
+            on_error=d.on_error,
+        )
+        held_out = loaders.load_tfds(
+            d.get("eval_tfds_name", "") or "aflw2k3d",
+            split=d.eval_split,
+            data_dir=d.data_dir or None,
+            on_error=d.on_error,
+        )
         margin = float(d.get("crop_margin", 0.25))
-        augment = functools.partial(preprocess.random_augment, out_size=size[0], margin=margin,
-                                    max_shift=float(d.get("max_shift", 0.05)),
-                                    zoom_range=tuple(d.get("zoom_range", (0.9, 1.1))))
-        crop = functools.partial(preprocess.crop_around_landmarks, out_size=size[0],
-                                 margin=margin)
+        augment = functools.partial(
+            preprocess.random_augment,
+            out_size=size[0],
+            margin=margin,
+            max_shift=float(d.get("max_shift", 0.05)),
+            zoom_range=tuple(d.get("zoom_range", (0.9, 1.1))),
+        )
+        crop = functools.partial(preprocess.crop_around_landmarks, out_size=size[0], margin=margin)
         from jax3dmmstn.data import batching
 
         source = batching.DatasetSource(train, augment, seed=int(config.seed))
@@ -615,8 +690,9 @@ def synthetic_render_config(config):
     for key in ("face_height",):
         if key in options:
             options[key] = tuple(options[key])
-    return RenderConfig(image_size=size[0], landmark_set=config.model.get("landmarks", "aflw21"),
-                        **options)
+    return RenderConfig(
+        image_size=size[0], landmark_set=config.model.get("landmarks", "aflw21"), **options
+    )
 
 
 def _synthetic_data(config, morphable_model):
@@ -633,19 +709,30 @@ def _synthetic_data(config, morphable_model):
     renderer = render.FaceRenderer(morphable_model, render_config)
     train_size = int(d.get("train_size", 0) or 0) or None
     seed = int(d.get("seed", config.seed))
-    train = synthetic.SyntheticFaces(morphable_model, render_config, seed=seed, stream="train",
-                                     num_examples=train_size, renderer=renderer)
+    train = synthetic.SyntheticFaces(
+        morphable_model,
+        render_config,
+        seed=seed,
+        stream="train",
+        num_examples=train_size,
+        renderer=renderer,
+    )
     keep = ("image", "landmarks", "landmark_visible", "theta")
     if train_size and d.get("cache_train", True):
         chunk = 256
-        parts = [train.load_batch(np.arange(i, min(train_size, i + chunk)))
-                 for i in range(0, train_size, chunk)]
+        parts = [
+            train.load_batch(np.arange(i, min(train_size, i + chunk)))
+            for i in range(0, train_size, chunk)
+        ]
         train = InMemorySource({k: np.concatenate([p[k] for p in parts]) for k in keep})
-    held_out = synthetic.heldout_set(morphable_model, int(d.eval_size), render_config,
-                                     seed=seed, renderer=renderer)
+    held_out = synthetic.heldout_set(
+        morphable_model, int(d.eval_size), render_config, seed=seed, renderer=renderer
+    )
     eval_batch = int(d.get("eval_batch_size", 64))
-    eval_batches = [{k: held_out[k][i:i + eval_batch] for k in keep}
-                    for i in range(0, int(d.eval_size), eval_batch)]
+    eval_batches = [
+        {k: held_out[k][i : i + eval_batch] for k in keep}
+        for i in range(0, int(d.eval_size), eval_batch)
+    ]
     return train, eval_batches
 
 
@@ -663,8 +750,13 @@ def make_eval_fn(model) -> Callable:
     return predict
 
 
-def evaluate(predict: Callable, params: PyTree, batches: Iterable[Mapping], morphable_model,
-             scale_parametrisation: str = "matconvnet") -> tuple[dict, dict]:
+def evaluate(
+    predict: Callable,
+    params: PyTree,
+    batches: Iterable[Mapping],
+    morphable_model,
+    scale_parametrisation: str = "matconvnet",
+) -> tuple[dict, dict]:
     """Held-out metrics (means) and the first batch's predictions (for snapshots).
 
     NME always; pose error (degrees) and 3D shape error (model units) when batches carry the
@@ -677,10 +769,15 @@ def evaluate(predict: Callable, params: PyTree, batches: Iterable[Mapping], morp
     for batch in batches:
         out = jax.device_get(predict(params, jnp.asarray(batch["image"], jnp.float32)))
         if first is None:
-            first = dict(out, image=np.asarray(batch["image"]), target=batch["landmarks"],
-                         visible=batch["landmark_visible"])
-        per_image["nme"].append(evaluation.landmark_nme(out["landmarks"], batch["landmarks"],
-                                                        batch["landmark_visible"]))
+            first = dict(
+                out,
+                image=np.asarray(batch["image"]),
+                target=batch["landmarks"],
+                visible=batch["landmark_visible"],
+            )
+        per_image["nme"].append(
+            evaluation.landmark_nme(out["landmarks"], batch["landmarks"], batch["landmark_visible"])
+        )
         if "theta" in batch:
             theta = np.asarray(batch["theta"], np.float32)
             r, _, _, alpha = geometry.split_theta(theta)
@@ -688,14 +785,17 @@ def evaluate(predict: Callable, params: PyTree, batches: Iterable[Mapping], morp
             errors = evaluation.pose_errors(out["R"], true_rotation)
             per_image.setdefault("pose_mae_deg", []).append(errors["mae"])
             per_image.setdefault("pose_geodesic_deg", []).append(errors["geodesic"])
-            true_shape = np.asarray(geometry.morphable_shape(morphable_model.mean,
-                                                             morphable_model.basis, alpha))
+            true_shape = np.asarray(
+                geometry.morphable_shape(morphable_model.mean, morphable_model.basis, alpha)
+            )
             per_image.setdefault("shape_error", []).append(
-                evaluation.shape_error(out["vertices3d"], true_shape))
+                evaluation.shape_error(out["vertices3d"], true_shape)
+            )
             # The same error of the mean shape (alpha = 0): what "no shape estimate" scores.
             mean_shape = np.broadcast_to(morphable_model.mean, true_shape.shape)
             per_image.setdefault("shape_error_mean_shape", []).append(
-                evaluation.shape_error(mean_shape, true_shape))
+                evaluation.shape_error(mean_shape, true_shape)
+            )
     if first is None:
         raise ValueError("the held-out set is empty")
     summary = evaluation.summarise({k: np.concatenate(v) for k, v in per_image.items()})
@@ -707,13 +807,24 @@ def save_snapshots(workdir: str, step: int, first: Mapping, tag: str | None = No
 
     tag = tag or f"step_{step:07d}"
     directory = os.path.join(workdir, "snapshots")
-    paths = [evaluation.save_landmark_snapshot(
-        os.path.join(directory, f"{tag}_landmarks.png"), first["image"], first["landmarks"],
-        first["target"], first["visible"])]
+    paths = [
+        evaluation.save_landmark_snapshot(
+            os.path.join(directory, f"{tag}_landmarks.png"),
+            first["image"],
+            first["landmarks"],
+            first["target"],
+            first["visible"],
+        )
+    ]
     if "texture" in first:
-        paths.append(evaluation.save_texture_snapshot(
-            os.path.join(directory, f"{tag}_textures.png"), first["texture"], first["mask"],
-            first["masked_texture"]))
+        paths.append(
+            evaluation.save_texture_snapshot(
+                os.path.join(directory, f"{tag}_textures.png"),
+                first["texture"],
+                first["mask"],
+                first["masked_texture"],
+            )
+        )
     return paths
 
 
@@ -758,14 +869,21 @@ def train_and_evaluate(config, workdir: str, data=None, return_state: bool = Fal
     params = init_params(model, config, rng)
     if config.model.get("init_head_from_data", False):
         landmark_set = config.model.get("landmarks", "aflw21")
-        source = train_source if hasattr(train_source, "load_batch") else \
-            batching.DatasetSource(train_source)
+        source = (
+            train_source
+            if hasattr(train_source, "load_batch")
+            else batching.DatasetSource(train_source)
+        )
         indices = np.arange(min(int(source.num_examples or 256), 512))
         sample = source.load_batch(indices, indices)
         params = init_head_from_landmarks(
-            params, morphable_model, morphable_model.landmarks[landmark_set],
-            sample["landmarks"], sample["landmark_visible"],
-            config.model.get("scale_parametrisation", "matconvnet"))
+            params,
+            morphable_model,
+            morphable_model.landmarks[landmark_set],
+            sample["landmarks"],
+            sample["landmark_visible"],
+            config.model.get("scale_parametrisation", "matconvnet"),
+        )
     state = create_train_state(params, tx, config.seed)
 
     checkpointer = Checkpointer(workdir, max_to_keep=int(config.get("keep_checkpoints", 3)))
@@ -780,25 +898,31 @@ def train_and_evaluate(config, workdir: str, data=None, return_state: bool = Fal
     total_steps = int(config.total_steps)
     config_json = config_to_dict(config)
 
-    step_fn = make_train_step(model.apply, tx, config.loss,
-                              axis_name="batch" if mode == "pmap" else None)
+    step_fn = make_train_step(
+        model.apply, tx, config.loss, axis_name="batch" if mode == "pmap" else None
+    )
     if mode == "pmap":
         compiled_step = jax.pmap(step_fn, axis_name="batch", donate_argnums=(0,))
         device_state = replicate(state)
     else:
         compiled_step = jax.jit(step_fn, donate_argnums=(0,))
         device_state = jax.device_put(state)
-    host_state = lambda: unreplicate(device_state) if mode == "pmap" else jax.device_get(
-        device_state)
+    host_state = lambda: (
+        unreplicate(device_state) if mode == "pmap" else jax.device_get(device_state)
+    )
 
     mirror = bool(config.data.get("mirror", False))
     iterator = batching.BatchIterator(
-        train_source, int(config.batch_size), seed=int(config.seed),
-        start_step=int(jax.device_get(state.data_position)), mirror=mirror,
-        flip_permutation=morphable_model.landmark_flip.get(config.model.get("landmarks",
-                                                                            "aflw21")),
-        split_devices=mode == "pmap", num_local_devices=n_local,
-        prefetch=int(config.data.get("prefetch", 2)))
+        train_source,
+        int(config.batch_size),
+        seed=int(config.seed),
+        start_step=int(jax.device_get(state.data_position)),
+        mirror=mirror,
+        flip_permutation=morphable_model.landmark_flip.get(config.model.get("landmarks", "aflw21")),
+        split_devices=mode == "pmap",
+        num_local_devices=n_local,
+        prefetch=int(config.data.get("prefetch", 2)),
+    )
     predict = make_eval_fn(model)
     images_per_step = int(config.batch_size) * (2 if mirror else 1)
     summary: dict = {}
@@ -807,41 +931,63 @@ def train_and_evaluate(config, workdir: str, data=None, return_state: bool = Fal
     checkpoint_every = int(config.get("checkpoint_every", 0) or 0)
     kill_at = int(config.get("debug_kill_at_step", -1))
     max_seconds = float(config.get("max_train_seconds", 0) or 0)
-    progress = _progress_bar(total_steps, start_step, enabled=is_chief and bool(
-        config.get("progress_bar", True)))
+    progress = _progress_bar(
+        total_steps, start_step, enabled=is_chief and bool(config.get("progress_bar", True))
+    )
     window_start, window_steps = time.time(), 0
     last_eval_step = None
     try:
         for step in range(start_step + 1, total_steps + 1):
             batch = next(iterator)
-            batch = {k: v for k, v in batch.items() if k in ("image", "landmarks",
-                                                             "landmark_visible")}
+            batch = {
+                k: v for k, v in batch.items() if k in ("image", "landmarks", "landmark_visible")
+            }
             device_state, metrics = compiled_step(device_state, batch)
             check_finite_metrics(metrics, step)
             window_steps += 1
             progress.update(1)
             if step % log_every == 0 or step == total_steps:
                 elapsed = time.time() - window_start
-                row = dict(split="train", step=step, **_scalars(metrics),
-                           images_per_s=images_per_step * window_steps / max(elapsed, 1e-9),
-                           lr=float(make_learning_rate(config.optim, total_steps)(step - 1)),
-                           wall_s=time.time() - start_time)
+                row = dict(
+                    split="train",
+                    step=step,
+                    **_scalars(metrics),
+                    images_per_s=images_per_step * window_steps / max(elapsed, 1e-9),
+                    lr=float(make_learning_rate(config.optim, total_steps)(step - 1)),
+                    wall_s=time.time() - start_time,
+                )
                 metrics_writer.write(row)
-                progress.set_postfix({"loss": f"{row['loss/total']:.4g}",
-                                      "lmk": f"{row['loss/landmark']:.4g}",
-                                      "img/s": f"{row['images_per_s']:.0f}"})
+                progress.set_postfix(
+                    {
+                        "loss": f"{row['loss/total']:.4g}",
+                        "lmk": f"{row['loss/landmark']:.4g}",
+                        "img/s": f"{row['images_per_s']:.0f}",
+                    }
+                )
                 window_start, window_steps = time.time(), 0
             if eval_every and (step % eval_every == 0 or step == total_steps):
-                summary = _run_eval(predict, host_state().params, eval_batches, morphable_model,
-                                    config, workdir, step, metrics_writer, start_time, is_chief)
+                summary = _run_eval(
+                    predict,
+                    host_state().params,
+                    eval_batches,
+                    morphable_model,
+                    config,
+                    workdir,
+                    step,
+                    metrics_writer,
+                    start_time,
+                    is_chief,
+                )
                 last_eval_step = step
-                progress.write(f"step {step}: " + ", ".join(
-                    f"{k}={v:.4g}" for k, v in summary.items()))
+                progress.write(
+                    f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items())
+                )
             if checkpoint_every and step % checkpoint_every == 0 and step != total_steps:
                 checkpointer.save(host_state(), config_json)
             if max_seconds and time.time() - start_time > max_seconds and step < total_steps:
-                logger.warning("stopping at step %d: max_train_seconds=%s reached", step,
-                               max_seconds)
+                logger.warning(
+                    "stopping at step %d: max_train_seconds=%s reached", step, max_seconds
+                )
                 progress.write(f"time budget reached: stopping at step {step} of {total_steps}")
                 total_steps = step
                 break
@@ -852,33 +998,59 @@ def train_and_evaluate(config, workdir: str, data=None, return_state: bool = Fal
         checkpointer.save(final_state, config_json, force=True)
         checkpointer.wait()
         if config.get("final_eval", True) and (last_eval_step != total_steps or not summary):
-            summary = _run_eval(predict, final_state.params, eval_batches, morphable_model,
-                                config, workdir, total_steps, metrics_writer, start_time,
-                                is_chief)
+            summary = _run_eval(
+                predict,
+                final_state.params,
+                eval_batches,
+                morphable_model,
+                config,
+                workdir,
+                total_steps,
+                metrics_writer,
+                start_time,
+                is_chief,
+            )
     finally:
         progress.close()
         iterator.close()
         checkpointer.close()
-    summary = dict(summary, step=total_steps, wall_s=time.time() - start_time,
-                   resumed_from=start_step)
+    summary = dict(
+        summary, step=total_steps, wall_s=time.time() - start_time, resumed_from=start_step
+    )
     if is_chief:
         from jax3dmmstn import evaluation
 
         if config.get("snapshots", True):
-            evaluation.save_curves(os.path.join(workdir, "training_curve.png"),
-                                   evaluation.read_metrics(metrics_writer.path),
-                                   title=config.get("name", ""))
+            evaluation.save_curves(
+                os.path.join(workdir, "training_curve.png"),
+                evaluation.read_metrics(metrics_writer.path),
+                title=config.get("name", ""),
+            )
         with open(os.path.join(workdir, "final_metrics.json"), "w") as handle:
             json.dump(summary, handle, indent=2)
     return (summary, final_state) if return_state else summary
 
 
-def _run_eval(predict, params, eval_batches, morphable_model, config, workdir, step,
-              metrics_writer, start_time, is_chief) -> dict:
-    summary, first = evaluate(predict, params, eval_batches, morphable_model,
-                              config.model.get("scale_parametrisation", "matconvnet"))
-    metrics_writer.write(dict(split="eval", step=step, wall_s=time.time() - start_time,
-                              **summary))
+def _run_eval(
+    predict,
+    params,
+    eval_batches,
+    morphable_model,
+    config,
+    workdir,
+    step,
+    metrics_writer,
+    start_time,
+    is_chief,
+) -> dict:
+    summary, first = evaluate(
+        predict,
+        params,
+        eval_batches,
+        morphable_model,
+        config.model.get("scale_parametrisation", "matconvnet"),
+    )
+    metrics_writer.write(dict(split="eval", step=step, wall_s=time.time() - start_time, **summary))
     if is_chief and config.get("snapshots", True):
         save_snapshots(workdir, step, first, tag="latest")
     return summary
@@ -889,16 +1061,24 @@ def _warn_config_changes(saved: Mapping, current: Mapping, prefix: str = "") -> 
         a, b = saved.get(key), current.get(key)
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             _warn_config_changes(a, b, prefix + key + ".")
-        elif a != b and not (isinstance(a, list) and isinstance(b, (list, tuple))
-                             and list(a) == list(b)):
+        elif a != b and not (
+            isinstance(a, list) and isinstance(b, (list, tuple)) and list(a) == list(b)
+        ):
             logger.warning("resuming with %s%s = %r (checkpoint had %r)", prefix, key, b, a)
 
 
 class _NoProgress:
-    def update(self, n): pass
-    def set_postfix(self, *a, **k): pass
-    def write(self, text): logger.info(text)
-    def close(self): pass
+    def update(self, n):
+        pass
+
+    def set_postfix(self, *a, **k):
+        pass
+
+    def write(self, text):
+        logger.info(text)
+
+    def close(self):
+        pass
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

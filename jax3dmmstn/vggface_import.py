@@ -43,8 +43,9 @@ class VGGFaceWeights:
 
     def module_kwargs(self) -> dict:
         """Keyword arguments for ``VGG16(...)`` matching this file."""
-        return dict(width_divisor=self.width_divisor, fc_width=self.fc_width,
-                    input_mean=self.input_mean)
+        return dict(
+            width_divisor=self.width_divisor, fc_width=self.fc_width, input_mean=self.input_mean
+        )
 
 
 def _field(struct: Any, name: str, default: Any = None) -> Any:
@@ -99,8 +100,10 @@ def _load_top_level(path: str) -> tuple[Any, Any]:
         net = np.asarray(mat["net"]).ravel()[0]
         layers, meta = _field(net, "layers"), _field(net, "meta") or net
     else:
-        raise ValueError(f"{path} has no 'layers' (nor 'net') variable: not a simplenn network; "
-                         f"variables are {sorted(k for k in mat if not k.startswith('__'))}")
+        raise ValueError(
+            f"{path} has no 'layers' (nor 'net') variable: not a simplenn network; "
+            f"variables are {sorted(k for k in mat if not k.startswith('__'))}"
+        )
     if isinstance(meta, np.ndarray):
         meta = meta.ravel()[0] if meta.size else None
     return layers, meta
@@ -116,8 +119,11 @@ def _average_image(meta: Any) -> tuple[tuple[float, float, float], tuple[int, in
     mean = (0.0, 0.0, 0.0)
     size = None
     if normalization is not None:
-        normalization = np.asarray(normalization).ravel()[0] if isinstance(
-            normalization, np.ndarray) else normalization
+        normalization = (
+            np.asarray(normalization).ravel()[0]
+            if isinstance(normalization, np.ndarray)
+            else normalization
+        )
         average = _field(normalization, "averageImage")
         if average is not None and np.asarray(average).size:
             average = np.asarray(average, np.float64)
@@ -147,8 +153,12 @@ def _conv_arrays(layer: Any, name: str) -> tuple[np.ndarray, np.ndarray, tuple, 
             raise ValueError(f"layer {name}: a conv layer without 'weights' or 'filters'/'biases'")
     pad = _field(layer, "pad", 0)
     stride = _field(layer, "stride", 1)
-    return (np.asarray(kernel, np.float32), np.asarray(bias, np.float32).ravel(),
-            _four_pad(pad), _two(stride))
+    return (
+        np.asarray(kernel, np.float32),
+        np.asarray(bias, np.float32).ravel(),
+        _four_pad(pad),
+        _two(stride),
+    )
 
 
 def read_vggface(path: str) -> VGGFaceWeights:
@@ -175,10 +185,16 @@ def read_vggface(path: str) -> VGGFaceWeights:
     for kind, layer in pools[:5]:
         method = _string(_field(layer, "method", "max"))
         size, stride = _two(_field(layer, "pool", 2)), _two(_field(layer, "stride", 1))
-        if method != "max" or size != (2, 2) or stride != (2, 2) or \
-                any(_four_pad(_field(layer, "pad", 0))):
-            raise ValueError(f"{path}: pooling must be 2x2 max with stride 2 and no pad, got "
-                             f"{method} {size} stride {stride}")
+        if (
+            method != "max"
+            or size != (2, 2)
+            or stride != (2, 2)
+            or any(_four_pad(_field(layer, "pad", 0)))
+        ):
+            raise ValueError(
+                f"{path}: pooling must be 2x2 max with stride 2 and no pad, got "
+                f"{method} {size} stride {stride}"
+            )
     params: dict[str, dict[str, np.ndarray]] = {}
     first_width = None
     previous_out = None
@@ -194,16 +210,20 @@ def read_vggface(path: str) -> VGGFaceWeights:
         if bias.shape != (kernel.shape[3],):
             raise ValueError(f"layer {name}: {bias.size} biases for {kernel.shape[3]} filters")
         if previous_out is not None and kernel.shape[2] != previous_out:
-            raise ValueError(f"layer {name}: {kernel.shape[2]} input channels but the previous "
-                             f"layer has {previous_out} outputs")
+            raise ValueError(
+                f"layer {name}: {kernel.shape[2]} input channels but the previous "
+                f"layer has {previous_out} outputs"
+            )
         expected_pad = (0, 0, 0, 0) if name.startswith("fc") else (1, 1, 1, 1)
         if name.startswith("conv") and kernel.shape[:2] != (3, 3):
             raise ValueError(f"layer {name}: expected 3x3 filters, got {kernel.shape[:2]}")
         if name == "fc7" and kernel.shape[:2] != (1, 1):
             raise ValueError(f"layer fc7: expected 1x1 filters, got {kernel.shape[:2]}")
         if pad != expected_pad or stride != (1, 1):
-            raise ValueError(f"layer {name}: pad {pad} stride {stride}, expected pad "
-                             f"{expected_pad} stride (1, 1)")
+            raise ValueError(
+                f"layer {name}: pad {pad} stride {stride}, expected pad "
+                f"{expected_pad} stride (1, 1)"
+            )
         if first_width is None:
             first_width = kernel.shape[3]
         previous_out = kernel.shape[3]
@@ -214,18 +234,25 @@ def read_vggface(path: str) -> VGGFaceWeights:
     for names, width in VGG16_BLOCKS:
         for name in names:
             if params[name]["kernel"].shape[3] != max(1, width // width_divisor):
-                raise ValueError(f"layer {name} has {params[name]['kernel'].shape[3]} filters, "
-                                 f"expected {width // width_divisor}")
+                raise ValueError(
+                    f"layer {name} has {params[name]['kernel'].shape[3]} filters, "
+                    f"expected {width // width_divisor}"
+                )
     if params["fc7"]["kernel"].shape[3] != params["fc6"]["kernel"].shape[3]:
         raise ValueError("fc6 and fc7 widths differ")
     input_mean, image_size = _average_image(meta)
-    return VGGFaceWeights(params=params, input_mean=input_mean, image_size=image_size,
-                          width_divisor=width_divisor,
-                          fc_width=int(params["fc6"]["kernel"].shape[3]))
+    return VGGFaceWeights(
+        params=params,
+        input_mean=input_mean,
+        image_size=image_size,
+        width_divisor=width_divisor,
+        fc_width=int(params["fc6"]["kernel"].shape[3]),
+    )
 
 
-def load_into_params(params: dict, weights: VGGFaceWeights, localiser_key: str = "localiser"
-                     ) -> dict:
+def load_into_params(
+    params: dict, weights: VGGFaceWeights, localiser_key: str = "localiser"
+) -> dict:
     """Return a copy of STN ``params`` (the 'params' collection) with the localiser replaced.
 
     Checks every imported array's shape against the initialised one (for example, fc6's kernel
@@ -244,8 +271,10 @@ def load_into_params(params: dict, weights: VGGFaceWeights, localiser_key: str =
             imported = weights.params[name][leaf]
             shape = tuple(getattr(value, "shape", np.shape(value)))
             if tuple(imported.shape) != shape:
-                raise ValueError(f"{name}/{leaf}: file has shape {imported.shape}, the model "
-                                 f"expects {shape} (input size mismatch?)")
+                raise ValueError(
+                    f"{name}/{leaf}: file has shape {imported.shape}, the model "
+                    f"expects {shape} (input size mismatch?)"
+                )
             dtype = getattr(value, "dtype", np.float32)
             new_localiser[name][leaf] = np.asarray(imported, dtype)
     out = dict(params)

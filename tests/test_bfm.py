@@ -7,10 +7,19 @@ from scipy.spatial import Delaunay
 
 from jax3dmmstn import prepare_model
 from jax3dmmstn.bfm import (
-    build_bfm_model, build_bfm_model_from_arrays, cotangent_laplacian, extrapolate_displacements,
-    grid_resampling_matrix, locate_points)
+    build_bfm_model,
+    build_bfm_model_from_arrays,
+    cotangent_laplacian,
+    extrapolate_displacements,
+    grid_resampling_matrix,
+    locate_points,
+)
 from jax3dmmstn.morphable_model import (
-    AFLW21_FLIP, AFLW21_INDICES_112_ONE_BASED, MorphableModel, grid_faces)
+    AFLW21_FLIP,
+    AFLW21_INDICES_112_ONE_BASED,
+    MorphableModel,
+    grid_faces,
+)
 
 
 def uv_mesh(per_side=21, seed=0, jitter=0.25):
@@ -23,7 +32,7 @@ def uv_mesh(per_side=21, seed=0, jitter=0.25):
     step = s[1]
     interior = (uv.min(1) > 0) & (uv.max(1) < 1)
     moved = uv + rng.uniform(-jitter, jitter, uv.shape) * step
-    moved[np.isclose(uv[:, 0], 0.5), 0] = 0.5                 # keep the midline exact
+    moved[np.isclose(uv[:, 0], 0.5), 0] = 0.5  # keep the midline exact
     uv = np.where(interior[:, None], moved, uv)
     return uv, Delaunay(uv).simplices.astype(np.int64)
 
@@ -43,6 +52,7 @@ def original_laplace_beltrami(x, f):
     """The original's LaplaceBeltrami.m construction (gradient matrices, divergence as their
     face-area-weighted transpose), written independently of jax3dmmstn.bfm."""
     import scipy.sparse as sp
+
     n, m = len(x), len(f)
     xf = [x[f[:, i]] for i in range(3)]
     na = np.cross(xf[1] - xf[0], xf[2] - xf[0])
@@ -62,7 +72,7 @@ def original_laplace_beltrami(x, f):
 
 def test_cotangent_laplacian_is_the_originals_operator():
     uv, tri = uv_mesh(9)
-    x = np.c_[uv, 0.3 * np.sin(3 * uv[:, 0]) * np.cos(2 * uv[:, 1])]   # a curved surface
+    x = np.c_[uv, 0.3 * np.sin(3 * uv[:, 0]) * np.cos(2 * uv[:, 1])]  # a curved surface
     lap = cotangent_laplacian(x, tri)
     ref = original_laplace_beltrami(x, tri)
     assert np.allclose(lap.toarray(), ref.toarray(), atol=1e-10 * np.abs(ref).max())
@@ -98,14 +108,15 @@ def test_extrapolation_matches_the_least_squares_of_the_original():
     select[np.arange(mapped.size), mapped] = 1
     for c in range(6):
         v = np.tile(x[:, c % 3], 1)
-        solution, *_ = np.linalg.lstsq(np.vstack([lap, select]),
-                                       np.concatenate([lap @ v, select @ v + w[:, c]]), rcond=None)
+        solution, *_ = np.linalg.lstsq(
+            np.vstack([lap, select]), np.concatenate([lap @ v, select @ v + w[:, c]]), rcond=None
+        )
         assert np.allclose(got[:, c], solution - v, atol=1e-8)
 
 
 def test_harmonic_displacement_is_reproduced_in_the_hole():
     uv, tri = uv_mesh(41, seed=3)
-    x = np.c_[uv * 100.0, np.zeros(len(uv))]                   # planar: linear fields are harmonic
+    x = np.c_[uv * 100.0, np.zeros(len(uv))]  # planar: linear fields are harmonic
     hole = _hole(uv)
     assert hole.size > 100
     mapped = np.setdiff1d(np.arange(len(uv)), hole)
@@ -116,7 +127,7 @@ def test_harmonic_displacement_is_reproduced_in_the_hole():
     # field is not 0), which has died out by the time it reaches the hole.
     assert np.abs(got[hole] - field[hole]).max() < 1e-3 * span
     # A bump hidden in the hole is not reproduced: the test can tell the fields apart.
-    bump = np.exp(-((uv[:, 0] - 0.5) ** 2 + (uv[:, 1] - 0.45) ** 2) / (2 * 0.04 ** 2))
+    bump = np.exp(-((uv[:, 0] - 0.5) ** 2 + (uv[:, 1] - 0.45) ** 2) / (2 * 0.04**2))
     got_bump = extrapolate_displacements(x, tri, mapped, bump[mapped, None])[:, 0]
     assert np.abs(got_bump[hole] - bump[hole]).max() > 0.5
 
@@ -167,7 +178,7 @@ def test_points_on_vertices_edges_boundary_and_midline_are_not_lost():
 
 def test_grid_points_outside_the_uv_domain():
     uv, tri = uv_mesh()
-    half = uv[:, 1] <= 0.5                      # keep the lower half of the square
+    half = uv[:, 1] <= 0.5  # keep the lower half of the square
     keep = np.flatnonzero(half)
     remap = -np.ones(len(uv), np.int64)
     remap[keep] = np.arange(keep.size)
@@ -189,7 +200,7 @@ def test_grid_points_outside_the_uv_domain():
 
 
 # ----------------------------------------------------------------------------- from files
-MEAN_UV = [[150.0, 0.0, -75.0], [0.0, 180.0, -90.0], [10.0, -20.0, 60.0]]   # mm per unit UV
+MEAN_UV = [[150.0, 0.0, -75.0], [0.0, 180.0, -90.0], [10.0, -20.0, 60.0]]  # mm per unit UV
 
 
 def write_bfm_files(tmp_path, n_pc=4, n_exp=3, seed=0):
@@ -198,7 +209,7 @@ def write_bfm_files(tmp_path, n_pc=4, n_exp=3, seed=0):
     uv, tri = uv_mesh(31, seed=seed)
     n = len(uv)
     mean = linear(uv, MEAN_UV) * 1000.0
-    pcs = [linear(uv, rng.normal(size=(3, 3))) for _ in range(n_pc)]        # unit-ish, in um
+    pcs = [linear(uv, rng.normal(size=(3, 3))) for _ in range(n_pc)]  # unit-ish, in um
     shape_pc = np.stack([p.reshape(-1) for p in pcs], 1)
     shape_ev = np.linspace(3.0, 1.0, n_pc) * 1000.0
     hole = _hole(uv)
@@ -206,21 +217,45 @@ def write_bfm_files(tmp_path, n_pc=4, n_exp=3, seed=0):
     exp_fields = [linear(uv, rng.normal(size=(3, 3))) * 1000.0 for _ in range(n_exp)]
     w_exp = np.stack([f[mapped].reshape(-1) for f in exp_fields], 1)
     tex = linear(uv, [[100.0, 50.0, 50.0], [20.0, 80.0, 60.0], [0.0, 30.0, 120.0]])
-    scipy.io.savemat(tmp_path / "01_MorphableModel.mat", {
-        "shapeMU": mean.reshape(-1, 1).astype(np.float32), "shapePC": shape_pc.astype(np.float32),
-        "shapeEV": shape_ev.reshape(-1, 1).astype(np.float32),
-        "tl": (tri + 1).astype(np.int32), "texMU": tex.reshape(-1, 1).astype(np.float32)})
+    scipy.io.savemat(
+        tmp_path / "01_MorphableModel.mat",
+        {
+            "shapeMU": mean.reshape(-1, 1).astype(np.float32),
+            "shapePC": shape_pc.astype(np.float32),
+            "shapeEV": shape_ev.reshape(-1, 1).astype(np.float32),
+            "tl": (tri + 1).astype(np.int32),
+            "texMU": tex.reshape(-1, 1).astype(np.float32),
+        },
+    )
     scipy.io.savemat(tmp_path / "BFM_UV.mat", {"UV": uv})
     scipy.io.savemat(tmp_path / "Model_Expression.mat", {"w_exp": w_exp.astype(np.float32)})
-    scipy.io.savemat(tmp_path / "map_tddfa_to_basel.mat",
-                     {"map_tddfa_to_basel": mapped.astype(np.uint16).reshape(1, -1)})
-    return dict(uv=uv, tri=tri, mean=mean, pcs=pcs, shape_ev=shape_ev, exp_fields=exp_fields,
-                tex=tex, hole=hole, shape_pc=shape_pc.astype(np.float32))
+    scipy.io.savemat(
+        tmp_path / "map_tddfa_to_basel.mat",
+        {"map_tddfa_to_basel": mapped.astype(np.uint16).reshape(1, -1)},
+    )
+    return dict(
+        uv=uv,
+        tri=tri,
+        mean=mean,
+        pcs=pcs,
+        shape_ev=shape_ev,
+        exp_fields=exp_fields,
+        tex=tex,
+        hole=hole,
+        shape_pc=shape_pc.astype(np.float32),
+    )
 
 
 def paths(tmp_path):
-    return [tmp_path / n for n in ("01_MorphableModel.mat", "BFM_UV.mat", "Model_Expression.mat",
-                                   "map_tddfa_to_basel.mat")]
+    return [
+        tmp_path / n
+        for n in (
+            "01_MorphableModel.mat",
+            "BFM_UV.mat",
+            "Model_Expression.mat",
+            "map_tddfa_to_basel.mat",
+        )
+    ]
 
 
 def test_build_from_files_reproduces_fields_linear_in_uv(tmp_path):
@@ -242,13 +277,20 @@ def test_build_from_files_reproduces_fields_linear_in_uv(tmp_path):
     # (away from the mesh border, whose soft data rows bend the least-squares solution).
     away = np.all((g > 0.3) & (g < 0.7), axis=1)
     for j in range(2):
-        expected = linear(g, np.linalg.lstsq(
-            np.c_[data["uv"], np.ones(len(data["uv"]))], data["exp_fields"][j], rcond=None)[0].T)
+        expected = linear(
+            g,
+            np.linalg.lstsq(
+                np.c_[data["uv"], np.ones(len(data["uv"]))], data["exp_fields"][j], rcond=None
+            )[0].T,
+        )
         error = np.abs(model.basis[away, :, 3 + j] - expected[away] / 1000.0).max()
         assert error < 1e-3 * np.abs(expected / 1000.0).max(), j
     # Albedo: texMU / 255.
-    assert np.allclose(model.albedo, linear(g, [[100.0, 50.0, 50.0], [20.0, 80.0, 60.0],
-                                                [0.0, 30.0, 120.0]]) / 255.0, atol=1e-5)
+    assert np.allclose(
+        model.albedo,
+        linear(g, [[100.0, 50.0, 50.0], [20.0, 80.0, 60.0], [0.0, 30.0, 120.0]]) / 255.0,
+        atol=1e-5,
+    )
     assert np.array_equal(model.faces, grid_faces(res))
     assert "shapeEV" in model.provenance
     model.save(tmp_path / "out.npz")
@@ -270,26 +312,47 @@ def test_landmarks_map_to_the_nearest_grid_vertices(tmp_path):
     uv = data["uv"]
     res = 11
     # BFM vertices lying exactly on grid points: corners and the ends of the midlines.
-    targets = {(0.0, 1.0): 0, (1.0, 1.0): res - 1, (0.0, 0.0): res * (res - 1),
-               (0.5, 1.0): 5, (0.5, 0.0): 10 * res + 5, (0.0, 0.5): 5 * res}
+    targets = {
+        (0.0, 1.0): 0,
+        (1.0, 1.0): res - 1,
+        (0.0, 0.0): res * (res - 1),
+        (0.5, 1.0): 5,
+        (0.5, 0.0): 10 * res + 5,
+        (0.0, 0.5): 5 * res,
+    }
     bfm_idx = [int(np.flatnonzero(np.all(np.isclose(uv, t), axis=1))[0]) for t in targets]
     aflw = np.resize(bfm_idx, 21)
     anl = tmp_path / "lm21.anl"
     anl.write_text("% BFM vertices\n" + "\n".join(str(i + 1) for i in aflw) + "\n")
-    model = build_bfm_model(*paths(tmp_path)[:2], resolution=res, n_identity=2,
-                            landmarks={"aflw21": anl})
+    model = build_bfm_model(
+        *paths(tmp_path)[:2], resolution=res, n_identity=2, landmarks={"aflw21": anl}
+    )
     assert model.landmarks["aflw21"].tolist() == np.resize(list(targets.values()), 21).tolist()
     assert np.array_equal(model.landmark_flip["aflw21"], AFLW21_FLIP)
     # A vertex off the grid goes to the nearest grid vertex in UV.
     off = int(np.argmin(np.hypot(uv[:, 0] - 0.33, uv[:, 1] - 0.61)))
     m2 = build_bfm_model_from_arrays(
-        data["mean"].reshape(-1), data["shape_pc"], data["shape_ev"], data["tri"], uv,
-        resolution=res, n_identity=1, landmarks={"aflw21": np.full(21, off)})
+        data["mean"].reshape(-1),
+        data["shape_pc"],
+        data["shape_ev"],
+        data["tri"],
+        uv,
+        resolution=res,
+        n_identity=1,
+        landmarks={"aflw21": np.full(21, off)},
+    )
     u, v = uv[off]
     assert m2.landmarks["aflw21"][0] == round((1 - v) * (res - 1)) * res + round(u * (res - 1))
     # Default at 112: the original's 21 vertices.
-    m3 = build_bfm_model_from_arrays(data["mean"].reshape(-1), data["shape_pc"], data["shape_ev"],
-                                     data["tri"], uv, resolution=112, n_identity=1)
+    m3 = build_bfm_model_from_arrays(
+        data["mean"].reshape(-1),
+        data["shape_pc"],
+        data["shape_ev"],
+        data["tri"],
+        uv,
+        resolution=112,
+        n_identity=1,
+    )
     assert m3.landmarks["aflw21"].tolist() == [i - 1 for i in AFLW21_INDICES_112_ONE_BASED]
 
 
@@ -301,8 +364,10 @@ def test_file_errors(tmp_path):
     with pytest.raises(ValueError, match="together"):
         build_bfm_model(bfm, uv, exp)
     content = scipy.io.loadmat(bfm)
-    scipy.io.savemat(tmp_path / "noev.mat", {k: v for k, v in content.items()
-                                              if not k.startswith("__") and k != "shapeEV"})
+    scipy.io.savemat(
+        tmp_path / "noev.mat",
+        {k: v for k, v in content.items() if not k.startswith("__") and k != "shapeEV"},
+    )
     with pytest.raises(ValueError, match="shapeEV"):
         build_bfm_model(tmp_path / "noev.mat", uv)
     scipy.io.savemat(tmp_path / "baduv.mat", {"UV": np.zeros((5, 2))})
@@ -321,9 +386,26 @@ def test_prepare_model_cli(tmp_path, capsys):
     write_bfm_files(tmp_path)
     bfm, uv, exp, tmap = paths(tmp_path)
     out = tmp_path / "models" / "model.npz"
-    code = prepare_model.main(["--bfm", str(bfm), "--uv", str(uv), "--expression", str(exp),
-                               "--tddfa-map", str(tmap), "--resolution", "12", "--identity", "2",
-                               "--expressions", "3", "--out", str(out)])
+    code = prepare_model.main(
+        [
+            "--bfm",
+            str(bfm),
+            "--uv",
+            str(uv),
+            "--expression",
+            str(exp),
+            "--tddfa-map",
+            str(tmap),
+            "--resolution",
+            "12",
+            "--identity",
+            "2",
+            "--expressions",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0 and out.exists()
     assert "144 vertices" in capsys.readouterr().out
     model = MorphableModel.load(out)
@@ -331,6 +413,10 @@ def test_prepare_model_cli(tmp_path, capsys):
     direct = build_bfm_model(bfm, uv, exp, tmap, resolution=12, n_identity=2, n_expression=3)
     assert np.array_equal(model.basis, direct.basis) and np.array_equal(model.mean, direct.mean)
     # Errors are reported, not raised, by the command.
-    assert prepare_model.main(["--bfm", str(tmp_path / "missing.mat"), "--uv", str(uv),
-                               "--out", str(out)]) == 2
+    assert (
+        prepare_model.main(
+            ["--bfm", str(tmp_path / "missing.mat"), "--uv", str(uv), "--out", str(out)]
+        )
+        == 2
+    )
     assert "not found" in capsys.readouterr().err

@@ -19,8 +19,9 @@ def _with_theta(params, theta):
     """Params whose theta head outputs ``theta`` [6 + D] for every image."""
     head = params["theta_head"]["dense"]
     new = dict(params)
-    new["theta_head"] = {"dense": {"kernel": jnp.zeros_like(head["kernel"]),
-                                   "bias": jnp.asarray(theta, jnp.float32)}}
+    new["theta_head"] = {
+        "dense": {"kernel": jnp.zeros_like(head["kernel"]), "bias": jnp.asarray(theta, jnp.float32)}
+    }
     return new
 
 
@@ -81,14 +82,16 @@ def test_stn_outputs_equal_the_pure_geometry_chain(small_stn, face_model):
     np.testing.assert_allclose(out["rotated"], chain.rotated, atol=1e-4)
     np.testing.assert_allclose(out["vertices3d"], chain.vertices, atol=1e-4)
     np.testing.assert_allclose(out["R"], geometry.axis_angle_to_matrix(thetas[:, :3]), atol=1e-6)
-    np.testing.assert_allclose(out["s"], 0.99 ** -5.0, rtol=1e-6)
+    np.testing.assert_allclose(out["s"], 0.99**-5.0, rtol=1e-6)
     idx = face_model.landmarks["aflw21"]
     np.testing.assert_allclose(out["landmarks"], np.asarray(chain.points2d)[:, idx], atol=1e-4)
-    np.testing.assert_allclose(out["grid"], geometry.points_to_grid(chain.points2d, (224, 224)),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        out["grid"], geometry.points_to_grid(chain.points2d, (224, 224)), atol=1e-6
+    )
     # The sampler reads the full 224 x 224 image, not the localiser's 32 x 32 copy.
-    np.testing.assert_allclose(out["texture"], sampler.bilinear_sample(images, out["grid"]),
-                               rtol=1e-4, atol=1e-2)
+    np.testing.assert_allclose(
+        out["texture"], sampler.bilinear_sample(images, out["grid"]), rtol=1e-4, atol=1e-2
+    )
     mask = visibility.visibility_mask(chain.rotated, face_model.faces)
     np.testing.assert_array_equal(out["mask"], mask)
     np.testing.assert_allclose(out["masked_texture"], out["texture"] * mask, atol=1e-6)
@@ -113,8 +116,9 @@ def test_gradients_reach_every_parameter_and_are_finite(small_stn):
     # small texture term.
     out = apply({"params": params}, images)
     expected = 2 * np.sum(np.asarray(out["landmarks"]) - 100.0, axis=(0, 1))
-    np.testing.assert_allclose(grads["theta_head"]["dense"]["bias"][3:5], expected, rtol=2e-2,
-                               atol=1.0)
+    np.testing.assert_allclose(
+        grads["theta_head"]["dense"]["bias"][3:5], expected, rtol=2e-2, atol=1.0
+    )
 
 
 def test_bfloat16_localiser_keeps_theta_in_float32(small_stn, face_model):
@@ -139,9 +143,16 @@ def test_bad_inputs_raise_clear_errors(face_model):
     with pytest.raises(ValueError, match="unknown localiser"):
         model_lib.build_stn(face_model, localiser="resnet")
     with pytest.raises(ValueError, match="theta must be"):
-        model_lib.compose_from_theta(jnp.zeros((1, 7)), None, mean=face_model.mean,
-                                     basis=face_model.basis, faces=face_model.faces,
-                                     landmark_index=[0], resolution=16, image_size=(224, 224))
+        model_lib.compose_from_theta(
+            jnp.zeros((1, 7)),
+            None,
+            mean=face_model.mean,
+            basis=face_model.basis,
+            faces=face_model.faces,
+            landmark_index=[0],
+            resolution=16,
+            image_size=(224, 224),
+        )
 
 
 def test_vgg16_has_the_vgg_face_layout():
@@ -178,33 +189,62 @@ def _write_tiny_vggface(path, divisor=16, fc=8, image=64, seed=0, drop=None, bad
             arrays[name] = (w.astype(np.float32), b.astype(np.float32))
             pad = bad_pad if (bad_pad is not None and name == "conv2_1") else [1, 1, 1, 1]
             if name != drop:
-                layers.append(dict(name=name, type="conv", weights=_cell(list(arrays[name])),
-                                   size=np.array(w.shape, float), pad=np.array(pad, float),
-                                   stride=np.array([1, 1], float), precious=False,
-                                   dilate=np.array([1.0, 1.0]), opts=_cell([])))
+                layers.append(
+                    dict(
+                        name=name,
+                        type="conv",
+                        weights=_cell(list(arrays[name])),
+                        size=np.array(w.shape, float),
+                        pad=np.array(pad, float),
+                        stride=np.array([1, 1], float),
+                        precious=False,
+                        dilate=np.array([1.0, 1.0]),
+                        opts=_cell([]),
+                    )
+                )
             layers.append(dict(name="relu" + name[4:], type="relu", leak=0.0))
             channels = out
-        layers.append(dict(name=f"pool{block + 1}", type="pool", method="max",
-                           pool=np.array([2.0, 2.0]), stride=np.array([2.0, 2.0]),
-                           pad=np.zeros(4)))
+        layers.append(
+            dict(
+                name=f"pool{block + 1}",
+                type="pool",
+                method="max",
+                pool=np.array([2.0, 2.0]),
+                stride=np.array([2.0, 2.0]),
+                pad=np.zeros(4),
+            )
+        )
         spatial //= 2
     for name, k in (("fc6", spatial), ("fc7", 1)):
         w = rng.normal(0, np.sqrt(2.0 / (k * k * channels)), (k, k, channels, fc))
         b = rng.normal(0, 0.1, (fc, 1))
         arrays[name] = (w.astype(np.float32), b.astype(np.float32))
-        layers.append(dict(name=name, type="conv", weights=_cell(list(arrays[name])),
-                           pad=np.zeros(4), stride=np.array([1.0, 1.0])))
+        layers.append(
+            dict(
+                name=name,
+                type="conv",
+                weights=_cell(list(arrays[name])),
+                pad=np.zeros(4),
+                stride=np.array([1.0, 1.0]),
+            )
+        )
         layers.append(dict(name="relu" + name[2:], type="relu"))
         channels = fc
-    layers.append(dict(name="fc8", type="conv",
-                       weights=_cell([np.ones((1, 1, fc, 5), np.float32),
-                                      np.zeros((5, 1), np.float32)]),
-                       pad=np.zeros(4), stride=np.array([1.0, 1.0])))
+    layers.append(
+        dict(
+            name="fc8",
+            type="conv",
+            weights=_cell([np.ones((1, 1, fc, 5), np.float32), np.zeros((5, 1), np.float32)]),
+            pad=np.zeros(4),
+            stride=np.array([1.0, 1.0]),
+        )
+    )
     layers.append(dict(name="prob", type="softmax"))
     average = np.array([129.1863, 104.7624, 93.5940]).reshape(1, 1, 3)
-    meta = dict(normalization=dict(averageImage=average,
-                                   imageSize=np.array([image, image, 3.0])),
-                classes=dict(description=_cell(["a", "b"])))
+    meta = dict(
+        normalization=dict(averageImage=average, imageSize=np.array([image, image, 3.0])),
+        classes=dict(description=_cell(["a", "b"])),
+    )
     scipy.io.savemat(path, dict(layers=_cell(layers), meta=meta))
     return arrays, average.ravel()
 
@@ -258,22 +298,25 @@ def test_vggface_import_reproduces_the_simplenn_forward(tiny_vggface):
 def test_vggface_import_loads_into_the_stn(tiny_vggface, face_model):
     path, _, _ = tiny_vggface
     weights = vggface_import.read_vggface(path)
-    stn = model_lib.build_stn(face_model, localiser="vgg16", image_size=(64, 64),
-                              localiser_kwargs=weights.module_kwargs())
+    stn = model_lib.build_stn(
+        face_model, localiser="vgg16", image_size=(64, 64), localiser_kwargs=weights.module_kwargs()
+    )
     images = jnp.asarray(_images(1, size=(64, 64)))
     params = dict(jax.eval_shape(stn.init, jax.random.key(0), images)["params"])
     head = model_lib.ThetaHead(16, (64, 64))
     params["theta_head"] = head.init(jax.random.key(0), jnp.zeros((1, 8)))["params"]
     loaded = vggface_import.load_into_params(params, weights)
-    np.testing.assert_array_equal(loaded["localiser"]["fc7"]["kernel"],
-                                  weights.params["fc7"]["kernel"])
+    np.testing.assert_array_equal(
+        loaded["localiser"]["fc7"]["kernel"], weights.params["fc7"]["kernel"]
+    )
     assert loaded["theta_head"] is params["theta_head"]  # the head keeps the original's init
     np.testing.assert_array_equal(loaded["theta_head"]["dense"]["bias"][3:5], [32.0, 32.0])
     out = jax.jit(stn.apply)({"params": loaded}, images)
     assert out["theta"].shape == (1, 16) and np.all(np.isfinite(out["landmarks"]))
     # The file's fc6 is 2 x 2 (64 input); a 96 x 96 model's fc6 is 3 x 3: a clear error.
-    big = model_lib.build_stn(face_model, localiser="vgg16", image_size=(96, 96),
-                              localiser_kwargs=weights.module_kwargs())
+    big = model_lib.build_stn(
+        face_model, localiser="vgg16", image_size=(96, 96), localiser_kwargs=weights.module_kwargs()
+    )
     big_params = jax.eval_shape(big.init, jax.random.key(0), jnp.zeros((1, 96, 96, 3)))["params"]
     with pytest.raises(ValueError, match="fc6/kernel"):
         vggface_import.load_into_params(big_params, weights)

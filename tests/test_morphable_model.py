@@ -5,19 +5,35 @@ import pytest
 import scipy.io
 
 from jax3dmmstn.morphable_model import (
-    AFLW21_FLIP, AFLW21_INDICES_112_ONE_BASED, IBUG68_FLIP, MorphableModel, grid_faces, grid_mirror,
-    grid_uv, load_matconvnet_model, read_anl)
+    AFLW21_FLIP,
+    AFLW21_INDICES_112_ONE_BASED,
+    IBUG68_FLIP,
+    MorphableModel,
+    grid_faces,
+    grid_mirror,
+    grid_uv,
+    load_matconvnet_model,
+    read_anl,
+)
 
 
 def _tiny_model(res=4, d=3, albedo=True):
     rng = np.random.default_rng(0)
     n = res * res
     return MorphableModel(
-        mean=rng.normal(size=(n, 3)), basis=rng.normal(size=(n, 3, d)), faces=grid_faces(res),
-        resolution=res, uv=grid_uv(res), landmarks={"aflw21": rng.integers(0, n, 21)},
-        landmark_flip={"aflw21": AFLW21_FLIP}, mirror=grid_mirror(res),
-        albedo=rng.uniform(size=(n, 3)) if albedo else None, n_identity=2, n_expression=d - 2,
-        provenance="unit test")
+        mean=rng.normal(size=(n, 3)),
+        basis=rng.normal(size=(n, 3, d)),
+        faces=grid_faces(res),
+        resolution=res,
+        uv=grid_uv(res),
+        landmarks={"aflw21": rng.integers(0, n, 21)},
+        landmark_flip={"aflw21": AFLW21_FLIP},
+        mirror=grid_mirror(res),
+        albedo=rng.uniform(size=(n, 3)) if albedo else None,
+        n_identity=2,
+        n_expression=d - 2,
+        provenance="unit test",
+    )
 
 
 def _assert_same(a: MorphableModel, b: MorphableModel):
@@ -56,8 +72,13 @@ def test_grid_layout_matches_the_original_formulas():
 
 
 def test_flip_permutations():
-    assert AFLW21_FLIP.tolist() == (np.array(
-        [6, 5, 4, 3, 2, 1, 12, 11, 10, 9, 8, 7, 17, 16, 15, 14, 13, 20, 19, 18, 21]) - 1).tolist()
+    assert (
+        AFLW21_FLIP.tolist()
+        == (
+            np.array([6, 5, 4, 3, 2, 1, 12, 11, 10, 9, 8, 7, 17, 16, 15, 14, 13, 20, 19, 18, 21])
+            - 1
+        ).tolist()
+    )
     for flip in (AFLW21_FLIP, IBUG68_FLIP):
         assert np.array_equal(flip[flip], np.arange(flip.size))  # an involution
     assert IBUG68_FLIP[0] == 16 and IBUG68_FLIP[36] == 45 and IBUG68_FLIP[48] == 54
@@ -96,9 +117,19 @@ def test_npz_round_trip_is_exact(tmp_path, albedo):
 
 def test_validation_errors(tmp_path):
     m = _tiny_model()
-    fields = dict(mean=m.mean, basis=m.basis, faces=m.faces, resolution=4, uv=m.uv,
-                  landmarks=m.landmarks, landmark_flip=m.landmark_flip, mirror=m.mirror,
-                  albedo=m.albedo, n_identity=2, n_expression=1)
+    fields = dict(
+        mean=m.mean,
+        basis=m.basis,
+        faces=m.faces,
+        resolution=4,
+        uv=m.uv,
+        landmarks=m.landmarks,
+        landmark_flip=m.landmark_flip,
+        mirror=m.mirror,
+        albedo=m.albedo,
+        n_identity=2,
+        n_expression=1,
+    )
     with pytest.raises(ValueError, match="basis"):
         MorphableModel(**{**fields, "basis": m.basis[:5]})
     with pytest.raises(ValueError, match="n_identity"):
@@ -147,9 +178,16 @@ def _write_model_mat(path, res, d=10, seed=0):
     n = res * res
     shape_mu = rng.normal(size=(3 * n, 1)).astype(np.float32)
     shape_pc = rng.normal(size=(3 * n, d)).astype(np.float32)
-    faces = (grid_faces(res) + 1).astype(np.uint16)   # the original stores 1-based uint16
-    scipy.io.savemat(path, {"shapeMU": shape_mu, "shapePC": shape_pc, "faces": faces,
-                            "nverts": np.array([[n]], dtype=np.float64)})
+    faces = (grid_faces(res) + 1).astype(np.uint16)  # the original stores 1-based uint16
+    scipy.io.savemat(
+        path,
+        {
+            "shapeMU": shape_mu,
+            "shapePC": shape_pc,
+            "faces": faces,
+            "nverts": np.array([[n]], dtype=np.float64),
+        },
+    )
     return shape_mu, shape_pc, faces
 
 
@@ -199,19 +237,31 @@ def test_load_matconvnet_model_errors(tmp_path):
     scipy.io.savemat(tmp_path / "nokey.mat", {"shapeMU": np.zeros((3 * n, 1))})
     with pytest.raises(ValueError, match="shapePC"):
         load_matconvnet_model(tmp_path / "nokey.mat")
-    scipy.io.savemat(tmp_path / "badpc.mat", {"shapeMU": np.zeros((3 * n, 1)),
-                                               "shapePC": np.zeros((3 * n + 3, 2)),
-                                               "faces": grid_faces(4) + 1})
+    scipy.io.savemat(
+        tmp_path / "badpc.mat",
+        {
+            "shapeMU": np.zeros((3 * n, 1)),
+            "shapePC": np.zeros((3 * n + 3, 2)),
+            "faces": grid_faces(4) + 1,
+        },
+    )
     with pytest.raises(ValueError, match="shapePC"):
         load_matconvnet_model(tmp_path / "badpc.mat")
-    scipy.io.savemat(tmp_path / "zerofaces.mat", {"shapeMU": np.zeros((3 * n, 1)),
-                                                   "shapePC": np.zeros((3 * n, 2)),
-                                                   "faces": grid_faces(4)})
+    scipy.io.savemat(
+        tmp_path / "zerofaces.mat",
+        {"shapeMU": np.zeros((3 * n, 1)), "shapePC": np.zeros((3 * n, 2)), "faces": grid_faces(4)},
+    )
     with pytest.raises(ValueError, match="1-based"):
         load_matconvnet_model(tmp_path / "zerofaces.mat")
-    scipy.io.savemat(tmp_path / "nverts.mat", {"shapeMU": np.zeros((3 * n, 1)),
-                                                "shapePC": np.zeros((3 * n, 2)),
-                                                "faces": grid_faces(4) + 1, "nverts": 15})
+    scipy.io.savemat(
+        tmp_path / "nverts.mat",
+        {
+            "shapeMU": np.zeros((3 * n, 1)),
+            "shapePC": np.zeros((3 * n, 2)),
+            "faces": grid_faces(4) + 1,
+            "nverts": 15,
+        },
+    )
     with pytest.raises(ValueError, match="nverts"):
         load_matconvnet_model(tmp_path / "nverts.mat")
     # A v7.3 (HDF5) file: MATLAB's 128-byte text header, then HDF5 at byte 512.

@@ -1,7 +1,6 @@
 """The procedural face model: symmetry, orthogonal components, size, mesh quality, visibility,
 landmarks on the right anatomy, albedo."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -38,8 +37,8 @@ def _triangle_areas_and_min_angle(v, faces):
 
 def test_structure_and_determinism(model):
     assert isinstance(model, MorphableModel)
-    assert model.resolution == 112 and model.n_vertices == 112 ** 2
-    assert model.basis.shape == (112 ** 2, 3, 10)
+    assert model.resolution == 112 and model.n_vertices == 112**2
+    assert model.basis.shape == (112**2, 3, 10)
     assert (model.n_identity, model.n_expression) == (5, 5) and model.units == "mm"
     again = synthetic_face_model()
     assert np.array_equal(model.mean, again.mean) and np.array_equal(model.basis, again.basis)
@@ -63,10 +62,10 @@ def test_components_are_orthogonal_and_plausibly_scaled(model):
     gram = basis.T @ basis
     off = gram - np.diag(np.diag(gram))
     assert np.abs(off).max() < 1e-5 * np.diag(gram).min()
-    largest = np.linalg.norm(model.basis, axis=1).max(axis=0)   # mm per std, per component
+    largest = np.linalg.norm(model.basis, axis=1).max(axis=0)  # mm per std, per component
     assert np.all(largest > 2.0) and np.all(largest < 8.0)
     # Mouth opening (expression 1) at +3 std drops the lower lip by about a centimetre.
-    lips = model.landmarks["ibug68"][[51, 57]]                  # top of upper, bottom of lower lip
+    lips = model.landmarks["ibug68"][[51, 57]]  # top of upper, bottom of lower lip
     alpha = np.zeros(10, np.float32)
     alpha[model.n_identity] = 3.0
     gap0 = -np.diff(model.mean[lips, 1])[0]
@@ -77,11 +76,11 @@ def test_components_are_orthogonal_and_plausibly_scaled(model):
 def test_size_and_origin(model):
     mean = model.mean
     width = np.ptp(mean[:, 0])
-    assert 140.0 < width < 170.0                              # ~150 mm like the BFM
+    assert 140.0 < width < 170.0  # ~150 mm like the BFM
     assert 150.0 < np.ptp(mean[:, 1]) < 200.0
-    assert np.abs(mean.mean(axis=0)).max() < 1e-3            # origin at the centroid
+    assert np.abs(mean.mean(axis=0)).max() < 1e-3  # origin at the centroid
     eyes = model.landmarks["aflw21"][[7, 10]]
-    assert 55.0 < np.ptp(mean[eyes, 0]) < 75.0                 # interpupillary distance
+    assert 55.0 < np.ptp(mean[eyes, 0]) < 75.0  # interpupillary distance
 
 
 def test_mesh_is_non_degenerate_and_consistently_oriented(model):
@@ -101,11 +100,11 @@ def test_mesh_is_non_degenerate_and_consistently_oriented(model):
 @pytest.mark.parametrize("case", ["mean", "normal_draw", "extreme"])
 def test_normals_point_out_frontal_all_visible_profile_half(model, case):
     alpha = np.zeros(model.n_components, np.float32)
-    if case == "normal_draw":     # a plausible face: alpha ~ N(0, 1)
+    if case == "normal_draw":  # a plausible face: alpha ~ N(0, 1)
         alpha[:] = np.random.default_rng(1).normal(size=alpha.size)
-    elif case == "extreme":       # +-3 std identity, +3 std every expression (mouth wide open)
+    elif case == "extreme":  # +-3 std identity, +3 std every expression (mouth wide open)
         alpha[:] = 3.0
-        alpha[1:model.n_identity:2] = -3.0
+        alpha[1 : model.n_identity : 2] = -3.0
     vertices = model.shape(alpha)
     frontal = _visible_fraction(vertices, model.faces, [0.0, 0.0, 0.0])
     # Only the backs of the ears and the edge-on sides under the jaw hide.
@@ -113,11 +112,18 @@ def test_normals_point_out_frontal_all_visible_profile_half(model, case):
     for yaw in (np.pi / 2, -np.pi / 2):
         assert 0.45 < _visible_fraction(vertices, model.faces, [0.0, yaw, 0.0]) < 0.55
     # Turned 90 degrees to one side, the side facing the camera is the visible one.
-    mask = np.asarray(visibility_mask(
-        jnp.einsum("ij,nj->ni", axis_angle_to_matrix(jnp.array([0.0, np.pi / 2, 0.0])),
-                   jnp.asarray(vertices))[None], jnp.asarray(model.faces)))[0, ..., 0]
+    mask = np.asarray(
+        visibility_mask(
+            jnp.einsum(
+                "ij,nj->ni",
+                axis_angle_to_matrix(jnp.array([0.0, np.pi / 2, 0.0])),
+                jnp.asarray(vertices),
+            )[None],
+            jnp.asarray(model.faces),
+        )
+    )[0, ..., 0]
     res = model.resolution
-    left, right = mask[:, : res // 2].mean(), mask[:, res // 2:].mean()
+    left, right = mask[:, : res // 2].mean(), mask[:, res // 2 :].mean()
     assert max(left, right) > 0.8 and min(left, right) < 0.2
     # No folds in the face: every triangle of the central face region faces the camera.
     areas, min_angle = _triangle_areas_and_min_angle(vertices, model.faces)
@@ -139,13 +145,13 @@ def test_aflw21_landmarks_sit_on_the_anatomy(model):
         assert np.all(np.diff(x[group]) > 0), group
     # Top to bottom: brows, eyes, nose, mouth, chin.
     assert y[:6].min() > y[6:12].max() > y[13:16].max() > y[17:20].max() > y[20]
-    assert np.argmax(z) == 14                                  # the nose tip sticks out most
+    assert np.argmax(z) == 14  # the nose tip sticks out most
     assert abs(z[14] - model.mean[:, 2].max()) < 3.0
-    assert np.abs(x[12]) > 60 and np.abs(x[16]) > 60           # ears at the sides
+    assert np.abs(x[12]) > 60 and np.abs(x[16]) > 60  # ears at the sides
     # Flip permutation: the mirror vertex of each paired point is its partner.
     paired = AFLW21_FLIP != np.arange(21)
     assert np.array_equal(model.mirror[lm[paired]], lm[AFLW21_FLIP[paired]])
-    assert np.allclose(np.abs(x[[14, 18, 20]]), 0, atol=1.5)   # centre points on the midline
+    assert np.allclose(np.abs(x[[14, 18, 20]]), 0, atol=1.5)  # centre points on the midline
     # The albedo agrees: eyebrows dark, eye centres (pupils) darker, mouth red.
     albedo = model.albedo[lm]
     assert np.all(albedo[:6].mean(1) < 0.45)
@@ -157,12 +163,12 @@ def test_ibug68_landmarks_sit_on_the_anatomy(model):
     lm = model.landmarks["ibug68"]
     p = model.mean[lm]
     x, y, z = p[:, 0], p[:, 1], p[:, 2]
-    assert np.all(np.diff(x[:17]) > 0)                         # jaw from left to right
-    assert np.argmin(y[:17]) == 8 and y[8] < y[57]              # chin below the lower lip
-    assert np.all(np.diff(y[27:31]) < 0)                        # nose bridge top to tip
-    assert np.argmax(z) == 30                                   # nose tip
-    assert x[36] < x[39] < 0 < x[42] < x[45]                    # eye corners
-    assert y[51] > y[62] >= y[66] > y[57]                       # lips top to bottom
+    assert np.all(np.diff(x[:17]) > 0)  # jaw from left to right
+    assert np.argmin(y[:17]) == 8 and y[8] < y[57]  # chin below the lower lip
+    assert np.all(np.diff(y[27:31]) < 0)  # nose bridge top to tip
+    assert np.argmax(z) == 30  # nose tip
+    assert x[36] < x[39] < 0 < x[42] < x[45]  # eye corners
+    assert y[51] > y[62] >= y[66] > y[57]  # lips top to bottom
     paired = IBUG68_FLIP != np.arange(68)
     assert np.array_equal(model.mirror[lm[paired]], lm[IBUG68_FLIP[paired]])
     # The AFLW and iBUG sets agree where they overlap: mouth corners and nose tip.
@@ -176,7 +182,9 @@ def test_albedo(model):
     assert albedo.min() >= 0 and albedo.max() <= 1
     # Mostly skin: red > green > blue on the cheeks and forehead.
     cheek = model.landmarks["ibug68"][[3, 13]]
-    assert np.all(albedo[cheek, 0] > albedo[cheek, 1]) and np.all(albedo[cheek, 1] > albedo[cheek, 2])
+    assert np.all(albedo[cheek, 0] > albedo[cheek, 1]) and np.all(
+        albedo[cheek, 1] > albedo[cheek, 2]
+    )
     nostrils = model.landmarks["ibug68"][[32, 34]]
     assert np.all(albedo[nostrils].mean(1) < albedo[cheek].mean(1))
 
@@ -188,7 +196,7 @@ def test_other_resolutions(res):
     assert np.array_equal(m.mean[m.mirror] * REFLECT_X, m.mean)
     lm = m.landmarks["aflw21"]
     assert np.argmax(m.mean[lm, 2]) == 14
-    if res % 2:   # odd grids have a centre column: midline points map to themselves
+    if res % 2:  # odd grids have a centre column: midline points map to themselves
         assert np.all(m.mean[lm[[14, 18, 20]], 0] == 0)
 
 

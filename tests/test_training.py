@@ -26,22 +26,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load_config(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs",
-                                                                     f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
 
 
 def _toy_params():
-    return {"localiser": {"conv": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 2.0)}},
-            "theta_head": {"dense": {"kernel": jnp.full((3, 4), 2.0),
-                                     "bias": jnp.full((4,), 2.0)}}}
+    return {
+        "localiser": {"conv": {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((3,), 2.0)}},
+        "theta_head": {"dense": {"kernel": jnp.full((3, 4), 2.0), "bias": jnp.full((4,), 2.0)}},
+    }
 
 
 def _optim(**kwargs):
-    base = dict(optimizer="sgd", learning_rate=0.1, momentum=0.0, weight_decay=0.0,
-                head_lr_multipliers=(4.0, 8.0), schedule="constant")
+    base = dict(
+        optimizer="sgd",
+        learning_rate=0.1,
+        momentum=0.0,
+        weight_decay=0.0,
+        head_lr_multipliers=(4.0, 8.0),
+        schedule="constant",
+    )
     base.update(kwargs)
     return ml_collections.ConfigDict(base)
 
@@ -77,8 +83,9 @@ def test_sgd_momentum_is_matconvnets():
 def test_adam_first_step_scales_with_the_multipliers():
     params = _toy_params()
     grads = jax.tree.map(lambda x: 0.37 * jnp.ones_like(x), params)
-    tx = training.make_optimizer(_optim(optimizer="adam", learning_rate=1e-3, eps=0.0),
-                                 total_steps=10)
+    tx = training.make_optimizer(
+        _optim(optimizer="adam", learning_rate=1e-3, eps=0.0), total_steps=10
+    )
     updates, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_allclose(updates["localiser"]["conv"]["kernel"], -1e-3, rtol=1e-5)
     np.testing.assert_allclose(updates["theta_head"]["dense"]["kernel"], -4e-3, rtol=1e-5)
@@ -86,8 +93,9 @@ def test_adam_first_step_scales_with_the_multipliers():
 
 
 def test_warmup_cosine_schedule_and_bad_names():
-    lr = training.make_learning_rate(_optim(schedule="warmup_cosine", warmup_steps=10,
-                                            final_lr_fraction=0.1), total_steps=110)
+    lr = training.make_learning_rate(
+        _optim(schedule="warmup_cosine", warmup_steps=10, final_lr_fraction=0.1), total_steps=110
+    )
     assert float(lr(0)) == pytest.approx(0.0)
     assert float(lr(10)) == pytest.approx(0.1)
     assert float(lr(110)) == pytest.approx(0.01)
@@ -108,22 +116,29 @@ def _outputs_and_batch(batch=4, landmarks=3, res=4, seed=0):
     target[0, 1] = [0.0, 0.0]  # missing
     texture = rng.uniform(0, 255, (batch, res, res, 3)).astype(np.float32)
     mask = (rng.uniform(size=(batch, res, res, 1)) > 0.3).astype(np.float32)
-    outputs = dict(landmarks=jnp.asarray(predicted), alpha=jnp.full((batch, 2), 0.5),
-                   theta=jnp.zeros((batch, 8)), texture=jnp.asarray(texture),
-                   mask=jnp.asarray(mask), masked_texture=jnp.asarray(texture * mask))
+    outputs = dict(
+        landmarks=jnp.asarray(predicted),
+        alpha=jnp.full((batch, 2), 0.5),
+        theta=jnp.zeros((batch, 8)),
+        texture=jnp.asarray(texture),
+        mask=jnp.asarray(mask),
+        masked_texture=jnp.asarray(texture * mask),
+    )
     return outputs, dict(landmarks=jnp.asarray(target), landmark_visible=jnp.asarray(visible))
 
 
 def test_loss_composition_sum_and_mean():
     outputs, batch = _outputs_and_batch()
     weights = dict(landmark=0.8998, prior=0.1, siamese=1e-4, symmetry=1e-4)
-    sums = training.compute_losses(outputs, batch, ml_collections.ConfigDict(
-        dict(reduction="sum", weights=weights)))
+    sums = training.compute_losses(
+        outputs, batch, ml_collections.ConfigDict(dict(reduction="sum", weights=weights))
+    )
     n_visible = 4 * 3 - 1
     assert float(sums["landmark"]) == pytest.approx(25.0 * n_visible, rel=1e-5)
     assert float(sums["prior"]) == pytest.approx(4 * 2 * 0.25)
-    means = training.compute_losses(outputs, batch, ml_collections.ConfigDict(
-        dict(reduction="mean", weights=weights)))
+    means = training.compute_losses(
+        outputs, batch, ml_collections.ConfigDict(dict(reduction="mean", weights=weights))
+    )
     assert float(means["landmark"]) == pytest.approx(25.0, rel=1e-5)
     assert float(means["prior"]) == pytest.approx(0.5)
     # Texture terms: the lead's losses with the original's count normalisation.
@@ -136,22 +151,29 @@ def test_loss_composition_sum_and_mean():
     total = sum(weights[k] * float(sums[k]) for k in weights)
     assert float(sums["total"]) == pytest.approx(total, rel=1e-6)
     with pytest.raises(ValueError, match="reduction"):
-        training.compute_losses(outputs, batch, ml_collections.ConfigDict(
-            dict(reduction="median", weights=weights)))
+        training.compute_losses(
+            outputs, batch, ml_collections.ConfigDict(dict(reduction="median", weights=weights))
+        )
 
 
 def test_sharded_losses_average_to_the_global_loss():
     """Per-shard terms under pmap(pmean) equal the terms of the whole batch."""
     outputs, batch = _outputs_and_batch(batch=8)
     for reduction in ("sum", "mean"):
-        cfg = ml_collections.ConfigDict(dict(reduction=reduction, weights=dict(
-            landmark=1.0, prior=1.0, siamese=1.0, symmetry=1.0)))
+        cfg = ml_collections.ConfigDict(
+            dict(
+                reduction=reduction,
+                weights=dict(landmark=1.0, prior=1.0, siamese=1.0, symmetry=1.0),
+            )
+        )
         whole = training.compute_losses(outputs, batch, cfg)
         split = lambda x: x.reshape((2, x.shape[0] // 2) + x.shape[1:])
-        sharded = jax.vmap(lambda o, b: jax.tree.map(
-            lambda v: jax.lax.pmean(v, "d"),
-            training.compute_losses(o, b, cfg, axis_name="d")), axis_name="d")(
-            jax.tree.map(split, outputs), jax.tree.map(split, batch))
+        sharded = jax.vmap(
+            lambda o, b: jax.tree.map(
+                lambda v: jax.lax.pmean(v, "d"), training.compute_losses(o, b, cfg, axis_name="d")
+            ),
+            axis_name="d",
+        )(jax.tree.map(split, outputs), jax.tree.map(split, batch))
         for name in ("landmark", "prior", "siamese", "symmetry", "total"):
             np.testing.assert_allclose(sharded[name][0], whole[name], rtol=1e-5, err_msg=name)
 
@@ -167,10 +189,14 @@ def _linear_problem():
         return dict(theta=theta, alpha=theta[:, :2], landmarks=theta.reshape(-1, 2, 2))
 
     params = {"theta_head": {"dense": {"kernel": jnp.zeros((6, 4)), "bias": jnp.zeros(4)}}}
-    loss_config = ml_collections.ConfigDict(dict(reduction="mean", weights=dict(
-        landmark=1.0, prior=0.1, siamese=0.0, symmetry=0.0)))
-    batch = dict(image=jnp.ones((2, 1, 2, 3)), landmarks=jnp.ones((2, 2, 2)),
-                 landmark_visible=jnp.ones((2, 2)))
+    loss_config = ml_collections.ConfigDict(
+        dict(reduction="mean", weights=dict(landmark=1.0, prior=0.1, siamese=0.0, symmetry=0.0))
+    )
+    batch = dict(
+        image=jnp.ones((2, 1, 2, 3)),
+        landmarks=jnp.ones((2, 2, 2)),
+        landmark_visible=jnp.ones((2, 2)),
+    )
     return apply_fn, params, loss_config, batch
 
 
@@ -221,8 +247,9 @@ def test_checkpoint_round_trip_and_keep_last_k(tmp_path):
     # Training on from the restored state continues exactly.
     a, _ = step(state, batch)
     b, _ = step(restored, batch)
-    np.testing.assert_array_equal(a.params["theta_head"]["dense"]["kernel"],
-                                  b.params["theta_head"]["dense"]["kernel"])
+    np.testing.assert_array_equal(
+        a.params["theta_head"]["dense"]["kernel"], b.params["theta_head"]["dense"]["kernel"]
+    )
     # An empty directory restores nothing.
     assert training.Checkpointer(str(tmp_path / "empty")).restore(template) is None
 
@@ -314,9 +341,20 @@ def _run_worker(tmp_path, mode, workdir, extra_env=None, extra_args=(), check=Tr
     env.setdefault("XLA_FLAGS", "")
     env.update(extra_env or {})
     return subprocess.run(
-        [sys.executable, str(script), mode, str(workdir), *extra_args,
-         os.path.join(REPO, "configs", "synthetic.py")],
-        env=env, capture_output=True, text=True, timeout=600, check=False)
+        [
+            sys.executable,
+            str(script),
+            mode,
+            str(workdir),
+            *extra_args,
+            os.path.join(REPO, "configs", "synthetic.py"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def _final_params(workdir):
@@ -362,8 +400,10 @@ def _initial_params():
     config.model.localiser_kwargs = dict(widths=(4, 8), convs_per_stage=1, hidden=16)
     model = training.build_model(config, synthetic_face_model(16))
     params = training.init_params(model, config, jax.random.PRNGKey(config.seed))
-    return {jax.tree_util.keystr(k): np.asarray(v)
-            for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    return {
+        jax.tree_util.keystr(k): np.asarray(v)
+        for k, v in jax.tree_util.tree_leaves_with_path(params)
+    }
 
 
 def _free_port():
@@ -379,11 +419,24 @@ def test_two_processes_with_jax_distributed_equal_one_device(tmp_path, single_de
     port = str(_free_port())
     workdir = tmp_path / "work"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    procs = [subprocess.Popen(
-        [sys.executable, str(script), "dist", str(workdir), str(i), port,
-         os.path.join(REPO, "configs", "synthetic.py")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                "dist",
+                str(workdir),
+                str(i),
+                port,
+                os.path.join(REPO, "configs", "synthetic.py"),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-4000:]
@@ -408,8 +461,9 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path, single_device_run)
     # The metrics log has each step once, as if the run had not been interrupted.
     from jax3dmmstn.evaluation import read_metrics
 
-    steps_logged = [r["step"] for r in read_metrics(str(workdir / "metrics.jsonl"))
-                    if r["split"] == "train"]
+    steps_logged = [
+        r["step"] for r in read_metrics(str(workdir / "metrics.jsonl")) if r["split"] == "train"
+    ]
     assert steps_logged == sorted(set(steps_logged))
 
 
@@ -429,11 +483,16 @@ def test_configs_build_a_model_and_optimiser(name):
     jax.eval_shape(tx.init, params)
     if name == "matconvnet":  # the original recipe, field by field
         assert config.model.localiser == "vgg16"
-        assert (config.optim.optimizer, config.optim.learning_rate, config.optim.momentum,
-                config.optim.weight_decay) == ("sgd", 1e-10, 0.9, 5e-4)
+        assert (
+            config.optim.optimizer,
+            config.optim.learning_rate,
+            config.optim.momentum,
+            config.optim.weight_decay,
+        ) == ("sgd", 1e-10, 0.9, 5e-4)
         assert tuple(config.optim.head_lr_multipliers) == (4.0, 8.0)
-        assert dict(config.loss.weights) == dict(landmark=0.8998, prior=0.1, siamese=1e-4,
-                                                 symmetry=1e-4)
+        assert dict(config.loss.weights) == dict(
+            landmark=0.8998, prior=0.1, siamese=1e-4, symmetry=1e-4
+        )
         assert config.loss.reduction == "sum" and config.batch_size == 32
         assert config.data.mirror and config.model.scale_parametrisation == "matconvnet"
         assert not config.model.init_head_from_data
@@ -450,23 +509,25 @@ def test_head_init_from_landmarks_recovers_scale_and_translation():
     rng = np.random.default_rng(0)
     # Frontal faces at that similarity, jittered symmetrically (mean unchanged), some hidden.
     jitter = rng.normal(0, 2.0, (20, 1, 2))
-    landmarks = scale * face_model.mean[idx, :2] + translation + np.concatenate([jitter,
-                                                                                 -jitter])
+    landmarks = scale * face_model.mean[idx, :2] + translation + np.concatenate([jitter, -jitter])
     visible = np.ones(landmarks.shape[:2])
-    params = {"theta_head": {"dense": {"kernel": np.zeros((3, 16)),
-                                       "bias": np.zeros(16, np.float32)}}}
+    params = {
+        "theta_head": {"dense": {"kernel": np.zeros((3, 16)), "bias": np.zeros(16, np.float32)}}
+    }
     new = training.init_head_from_landmarks(params, face_model, idx, landmarks, visible)
     bias = new["theta_head"]["dense"]["bias"]
     np.testing.assert_allclose(bias[3:5], translation, atol=1e-3)
     np.testing.assert_allclose(0.99 ** bias[5], scale, rtol=1e-5)
     np.testing.assert_array_equal(bias[6:], 0.0)
     theta = np.concatenate([[0, 0, 0], bias[3:5], [bias[5]], np.zeros(10)])[None]
-    projected = geometry.project_theta(theta.astype(np.float32), face_model.mean,
-                                       face_model.basis).points2d
+    projected = geometry.project_theta(
+        theta.astype(np.float32), face_model.mean, face_model.basis
+    ).points2d
     np.testing.assert_allclose(np.asarray(projected)[0, idx], landmarks.mean(axis=0), atol=1e-3)
     with pytest.raises(ValueError, match="fewer than 2 landmarks"):
-        training.init_head_from_landmarks(params, face_model, idx, landmarks,
-                                          np.zeros_like(visible))
+        training.init_head_from_landmarks(
+            params, face_model, idx, landmarks, np.zeros_like(visible)
+        )
 
 
 # ------------------------------------------------------------------------ metrics, pictures
@@ -507,13 +568,14 @@ def test_curves_and_snapshots_are_written(tmp_path):
     assert Image.open(path).size[0] > 500
     images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3)).astype(np.uint8)
     landmarks = np.full((3, 21, 2), 16.0)
-    path = evaluation.save_landmark_snapshot(str(tmp_path / "lm.png"), images, landmarks,
-                                             landmarks + 1, np.ones((3, 21)))
+    path = evaluation.save_landmark_snapshot(
+        str(tmp_path / "lm.png"), images, landmarks, landmarks + 1, np.ones((3, 21))
+    )
     assert Image.open(path).size[0] > 200
-    path = evaluation.save_texture_snapshot(str(tmp_path / "tex.png"), images / 255.0,
-                                            np.ones((3, 32, 32, 1)), images / 255.0)
+    path = evaluation.save_texture_snapshot(
+        str(tmp_path / "tex.png"), images / 255.0, np.ones((3, 32, 32, 1)), images / 255.0
+    )
     assert Image.open(path).size[1] > 200
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp.png")]
     (tmp_path / "m.jsonl").write_text('{"step": 1, "split": "train"}\n{"step": 2, "spl')
-    assert evaluation.read_metrics(str(tmp_path / "m.jsonl")) == [{"step": 1,
-                                                                   "split": "train"}]
+    assert evaluation.read_metrics(str(tmp_path / "m.jsonl")) == [{"step": 1, "split": "train"}]

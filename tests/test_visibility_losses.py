@@ -14,106 +14,111 @@ pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _dome(res=24):
-  """Half an ellipsoid facing +z on the original's UV grid layout."""
-  k = np.arange(res * res)
-  u, v = (k % res) / (res - 1), 1 - (k // res) / (res - 1)
-  x, y = (u - 0.5) * 2, (v - 0.5) * 2
-  z = np.sqrt(np.clip(1.2 - x**2 - y**2, 0, None))
-  return np.stack([x * 70, y * 90, z * 60], -1)[None], grid_faces(res)
+    """Half an ellipsoid facing +z on the original's UV grid layout."""
+    k = np.arange(res * res)
+    u, v = (k % res) / (res - 1), 1 - (k // res) / (res - 1)
+    x, y = (u - 0.5) * 2, (v - 0.5) * 2
+    z = np.sqrt(np.clip(1.2 - x**2 - y**2, 0, None))
+    return np.stack([x * 70, y * 90, z * 60], -1)[None], grid_faces(res)
 
 
 def test_plane_normals_closed_form():
-  # A flat grid in the z = 0 plane: every vertex normal is +z times the sum of
-  # the angles of its corners (pi / 2 + pi / 4 + ... per incident face).
-  res = 4
-  verts, faces = _dome(res)
-  verts[..., 2] = 0
-  normals = np.asarray(V.vertex_normals(jnp.asarray(verts), faces))[0]
-  np.testing.assert_allclose(normals[:, :2], 0, atol=1e-9)
-  area = (140 / 3) * (180 / 3)  # |cross| of each face = cell area
-  angle_sum = np.zeros(res * res)
-  for f in faces:
-    p = verts[0, f, :2]
-    for c in range(3):
-      a, b = p[(c + 1) % 3] - p[c], p[(c + 2) % 3] - p[c]
-      angle_sum[f[c]] += np.arccos(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-  np.testing.assert_allclose(normals[:, 2], area * angle_sum, rtol=1e-12)
-  # Interior vertices are surrounded by 2 pi of angle.
-  np.testing.assert_allclose(angle_sum[res + 1], 2 * np.pi)
+    # A flat grid in the z = 0 plane: every vertex normal is +z times the sum of
+    # the angles of its corners (pi / 2 + pi / 4 + ... per incident face).
+    res = 4
+    verts, faces = _dome(res)
+    verts[..., 2] = 0
+    normals = np.asarray(V.vertex_normals(jnp.asarray(verts), faces))[0]
+    np.testing.assert_allclose(normals[:, :2], 0, atol=1e-9)
+    area = (140 / 3) * (180 / 3)  # |cross| of each face = cell area
+    angle_sum = np.zeros(res * res)
+    for f in faces:
+        p = verts[0, f, :2]
+        for c in range(3):
+            a, b = p[(c + 1) % 3] - p[c], p[(c + 2) % 3] - p[c]
+            angle_sum[f[c]] += np.arccos(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    np.testing.assert_allclose(normals[:, 2], area * angle_sum, rtol=1e-12)
+    # Interior vertices are surrounded by 2 pi of angle.
+    np.testing.assert_allclose(angle_sum[res + 1], 2 * np.pi)
 
 
 def test_visibility_frontal_and_profile():
-  verts, faces = _dome()
-  mask = V.visibility_mask(jnp.asarray(verts), faces)
-  assert mask.shape == (1, 24, 24, 1)
-  assert float(mask.mean()) == 1.0
-  rot = G.yaw_pitch_roll_to_matrix(jnp.array([[90.0, 0, 0]]))
-  rotated = G.rotate(jnp.asarray(verts), rot)
-  mask = np.asarray(V.visibility_mask(rotated, faces))[0, :, :, 0]
-  # Turned towards +x: the u > 0.5 half (x > 0, now facing away) is hidden.
-  # (Rows near the top and bottom lie in the flat z = 0 rim, edge-on now.)
-  band = mask[6:18]
-  assert band[:, :11].mean() == 1.0 and band[:, 13:].mean() == 0.0
+    verts, faces = _dome()
+    mask = V.visibility_mask(jnp.asarray(verts), faces)
+    assert mask.shape == (1, 24, 24, 1)
+    assert float(mask.mean()) == 1.0
+    rot = G.yaw_pitch_roll_to_matrix(jnp.array([[90.0, 0, 0]]))
+    rotated = G.rotate(jnp.asarray(verts), rot)
+    mask = np.asarray(V.visibility_mask(rotated, faces))[0, :, :, 0]
+    # Turned towards +x: the u > 0.5 half (x > 0, now facing away) is hidden.
+    # (Rows near the top and bottom lie in the flat z = 0 rim, edge-on now.)
+    band = mask[6:18]
+    assert band[:, :11].mean() == 1.0 and band[:, 13:].mean() == 0.0
 
 
 def test_mask_has_no_gradient_and_masking():
-  verts, faces = _dome(8)
-  f = lambda x: V.visibility_mask(x, faces).sum()
-  np.testing.assert_array_equal(jax.grad(f)(jnp.asarray(verts)), 0)
-  texture = jnp.ones((1, 8, 8, 3))
-  mask = jnp.zeros((1, 8, 8, 1)).at[:, :, :4].set(1)
-  out = V.apply_mask(texture, mask)
-  assert float(out.sum()) == 8 * 4 * 3
+    verts, faces = _dome(8)
+    f = lambda x: V.visibility_mask(x, faces).sum()
+    np.testing.assert_array_equal(jax.grad(f)(jnp.asarray(verts)), 0)
+    texture = jnp.ones((1, 8, 8, 3))
+    mask = jnp.zeros((1, 8, 8, 1)).at[:, :, :4].set(1)
+    out = V.apply_mask(texture, mask)
+    assert float(out.sum()) == 8 * 4 * 3
 
 
 def test_faces_validation():
-  verts, faces = _dome(4)
-  with pytest.raises(ValueError, match="1-based faces"):
-    V.vertex_normals(jnp.asarray(verts), faces + 16)
+    verts, faces = _dome(4)
+    with pytest.raises(ValueError, match="1-based faces"):
+        V.vertex_normals(jnp.asarray(verts), faces + 16)
 
 
 def test_landmark_loss_values():
-  pred = jnp.array([[[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]]])
-  target = jnp.array([[[1.0, 0.0], [0.0, 0.0], [jnp.nan, jnp.nan]]])
-  vis = jnp.array([[1.0, 1.0, 0.0]])
-  assert float(L.landmark_loss(pred, target, vis)) == 4 + 9 + 16
-  assert float(L.landmark_loss(pred, target, vis, reduction="mean")) == 29 / 2
-  grad = jax.grad(L.landmark_loss)(pred, target, vis)
-  np.testing.assert_array_equal(grad, [[[0, 4], [6, 8], [0, 0]]])
+    pred = jnp.array([[[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]]])
+    target = jnp.array([[[1.0, 0.0], [0.0, 0.0], [jnp.nan, jnp.nan]]])
+    vis = jnp.array([[1.0, 1.0, 0.0]])
+    assert float(L.landmark_loss(pred, target, vis)) == 4 + 9 + 16
+    assert float(L.landmark_loss(pred, target, vis, reduction="mean")) == 29 / 2
+    grad = jax.grad(L.landmark_loss)(pred, target, vis)
+    np.testing.assert_array_equal(grad, [[[0, 4], [6, 8], [0, 0]]])
 
 
 def test_prior_loss():
-  alpha = jnp.array([[1.0, -2.0], [3.0, 0.0]])
-  assert float(L.prior_loss(alpha)) == 14
-  assert float(L.prior_loss(alpha, "mean")) == 7
+    alpha = jnp.array([[1.0, -2.0], [3.0, 0.0]])
+    assert float(L.prior_loss(alpha)) == 14
+    assert float(L.prior_loss(alpha, "mean")) == 7
 
 
 def test_symmetry_loss_values():
-  tex = jnp.array([1.0, 2.0, 0.0, 5.0]).reshape(1, 1, 4, 1)
-  mask = jnp.array([1.0, 1.0, 1.0, 1.0]).reshape(1, 1, 4, 1)
-  # Pairs (0, 3), (1, 2): squared differences 16 + 4, each counted twice.
-  assert float(L.symmetry_loss(tex, mask)) == pytest.approx(40 / 4)
-  # The original's rule: zeros are invisible -> only (0, 3) counts, 3 non-zero.
-  assert float(L.symmetry_loss(tex, None, nonzero_as_mask=True)) == pytest.approx(
-      32 / 3)
-  # A symmetric texture costs nothing.
-  sym = jnp.array([1.0, 2.0, 2.0, 1.0]).reshape(1, 1, 4, 1)
-  assert float(L.symmetry_loss(sym, mask)) == 0.0
-  with pytest.raises(ValueError, match="visibility mask"):
-    L.symmetry_loss(tex)
+    tex = jnp.array([1.0, 2.0, 0.0, 5.0]).reshape(1, 1, 4, 1)
+    mask = jnp.array([1.0, 1.0, 1.0, 1.0]).reshape(1, 1, 4, 1)
+    # Pairs (0, 3), (1, 2): squared differences 16 + 4, each counted twice.
+    assert float(L.symmetry_loss(tex, mask)) == pytest.approx(40 / 4)
+    # The original's rule: zeros are invisible -> only (0, 3) counts, 3 non-zero.
+    assert float(L.symmetry_loss(tex, None, nonzero_as_mask=True)) == pytest.approx(32 / 3)
+    # A symmetric texture costs nothing.
+    sym = jnp.array([1.0, 2.0, 2.0, 1.0]).reshape(1, 1, 4, 1)
+    assert float(L.symmetry_loss(sym, mask)) == 0.0
+    with pytest.raises(ValueError, match="visibility mask"):
+        L.symmetry_loss(tex)
 
 
 def test_siamese_loss_values():
-  tex = jnp.stack([jnp.full((2, 2, 1), 1.0), jnp.full((2, 2, 1), 3.0),
-                   jnp.full((2, 2, 1), 2.0), jnp.full((2, 2, 1), 2.0)])
-  mask = jnp.ones((4, 2, 2, 1)).at[0, 0, 0].set(0)
-  # Pair 1: 3 visible texels of diff 2 -> 12; pair 2: 0. Count of visible = 15.
-  assert float(L.siamese_loss(tex, mask)) == pytest.approx(12 / 15)
-  assert float(L.siamese_loss(tex, mask, reduction="sum")) == pytest.approx(12)
-  ramp = jnp.arange(4.0).reshape(1, 1, 4, 1)
-  pair = jnp.concatenate([ramp, jnp.flip(ramp, 2)])
-  ones = jnp.ones_like(pair)
-  assert float(L.siamese_loss(pair, ones, mirror_pairs=True)) == 0.0
-  assert float(L.siamese_loss(pair, ones)) > 0
-  with pytest.raises(ValueError, match="even"):
-    L.siamese_loss(tex[:3], mask[:3])
+    tex = jnp.stack(
+        [
+            jnp.full((2, 2, 1), 1.0),
+            jnp.full((2, 2, 1), 3.0),
+            jnp.full((2, 2, 1), 2.0),
+            jnp.full((2, 2, 1), 2.0),
+        ]
+    )
+    mask = jnp.ones((4, 2, 2, 1)).at[0, 0, 0].set(0)
+    # Pair 1: 3 visible texels of diff 2 -> 12; pair 2: 0. Count of visible = 15.
+    assert float(L.siamese_loss(tex, mask)) == pytest.approx(12 / 15)
+    assert float(L.siamese_loss(tex, mask, reduction="sum")) == pytest.approx(12)
+    ramp = jnp.arange(4.0).reshape(1, 1, 4, 1)
+    pair = jnp.concatenate([ramp, jnp.flip(ramp, 2)])
+    ones = jnp.ones_like(pair)
+    assert float(L.siamese_loss(pair, ones, mirror_pairs=True)) == 0.0
+    assert float(L.siamese_loss(pair, ones)) > 0
+    with pytest.raises(ValueError, match="even"):
+        L.siamese_loss(tex[:3], mask[:3])

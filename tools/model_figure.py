@@ -27,16 +27,17 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
-def rasterize(vertices: np.ndarray, faces: np.ndarray, attributes: np.ndarray, size: int,
-              extent: float) -> tuple[np.ndarray, np.ndarray]:
+def rasterize(
+    vertices: np.ndarray, faces: np.ndarray, attributes: np.ndarray, size: int, extent: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Orthographic z-buffer rendering of per-vertex attributes.
 
     vertices [N, 3] (x right, y up, z to the viewer), faces [F, 3], attributes [N, C]; the square
     image covers x, y in [-extent, extent]. Returns (image [size, size, C], covered [size, size]).
     """
     scale = (size - 1) / (2.0 * extent)
-    px = (vertices[:, 0] + extent) * scale           # column
-    py = (extent - vertices[:, 1]) * scale           # row (image rows go down)
+    px = (vertices[:, 0] + extent) * scale  # column
+    py = (extent - vertices[:, 1]) * scale  # row (image rows go down)
     tri_x, tri_y, tri_z = px[faces], py[faces], vertices[:, 2][faces]
     x0 = np.clip(np.ceil(tri_x.min(1)), 0, size - 1).astype(np.int64)
     x1 = np.clip(np.floor(tri_x.max(1)), 0, size - 1).astype(np.int64)
@@ -63,7 +64,7 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, attributes: np.ndarray, s
     tri, cx, cy, b = tri[inside], cx[inside], cy[inside], np.stack([b0, b1, b2], 1)[inside]
     z = (b * tri_z[tri]).sum(1)
     pixel = cy * size + cx
-    order = np.lexsort((-z, pixel))                  # nearest (largest z) first per pixel
+    order = np.lexsort((-z, pixel))  # nearest (largest z) first per pixel
     pixel, first = np.unique(pixel[order], return_index=True)
     keep = order[first]
     values = np.einsum("pk,pkc->pc", b[keep], attributes[faces[tri[keep]]])
@@ -74,8 +75,14 @@ def rasterize(vertices: np.ndarray, faces: np.ndarray, attributes: np.ndarray, s
     return image.reshape(size, size, -1), covered.reshape(size, size)
 
 
-def shade(vertices: np.ndarray, faces: np.ndarray, size: int = 256, extent: float = 110.0,
-          albedo: np.ndarray | None = None, background: float = 1.0) -> np.ndarray:
+def shade(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    size: int = 256,
+    extent: float = 110.0,
+    albedo: np.ndarray | None = None,
+    background: float = 1.0,
+) -> np.ndarray:
     """Lambertian orthographic render [size, size, 3] in [0, 1]; grey when albedo is None."""
     normals = vertex_normals(vertices, faces)
     colors = np.full((len(vertices), 3), 0.85) if albedo is None else albedo
@@ -89,9 +96,12 @@ def shade(vertices: np.ndarray, faces: np.ndarray, size: int = 256, extent: floa
     return np.clip(out, 0.0, 1.0)
 
 
-def model_figure(model, out: Path, components: tuple[int, ...] | None = None, size: int = 200) -> None:
+def model_figure(
+    model, out: Path, components: tuple[int, ...] | None = None, size: int = 200
+) -> None:
     """Saves a grid of renders: row 0 the mean (albedo and grey), then -3 / mean / +3 std per component."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -99,8 +109,10 @@ def model_figure(model, out: Path, components: tuple[int, ...] | None = None, si
         ident = list(range(min(3, model.n_identity)))
         expr = [model.n_identity + j for j in range(min(3, model.n_expression))]
         components = tuple(ident + expr)
-    names = [f"identity {j + 1}" if j < model.n_identity else f"expression {j - model.n_identity + 1}"
-             for j in components]
+    names = [
+        f"identity {j + 1}" if j < model.n_identity else f"expression {j - model.n_identity + 1}"
+        for j in components
+    ]
     extent = 1.05 * float(np.abs(model.mean[:, :2]).max())
     cols = 3
     rows = 1 + int(np.ceil(len(components) / 1))
@@ -130,17 +142,25 @@ def model_figure(model, out: Path, components: tuple[int, ...] | None = None, si
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=None,
-                        help="a MorphableModel .npz (default: the built-in synthetic model)")
-    parser.add_argument("--resolution", type=int, default=112,
-                        help="grid resolution of the synthetic model")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="a MorphableModel .npz (default: the built-in synthetic model)",
+    )
+    parser.add_argument(
+        "--resolution", type=int, default=112, help="grid resolution of the synthetic model"
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/images/synthetic_model.png"))
     args = parser.parse_args(argv)
     from jax3dmmstn.morphable_model import MorphableModel
     from jax3dmmstn.synthetic_model import synthetic_face_model
 
-    model = (MorphableModel.load(args.model) if args.model
-             else synthetic_face_model(resolution=args.resolution))
+    model = (
+        MorphableModel.load(args.model)
+        if args.model
+        else synthetic_face_model(resolution=args.resolution)
+    )
     model_figure(model, args.out)
     print(f"saved {args.out}")
 

@@ -29,23 +29,61 @@ Landmark order is the scheme's (21 AFLW points as the original, or 68 iBUG
 points); a horizontal flip permutes it with ``preprocess.flip_permutation``.
 """
 
-from jax3dmmstn.data.batching import (BatchIterator, DatasetSource, Prefetcher, collate,
-                                      global_batch_indices, merge_devices, process_slice,
-                                      split_for_devices, to_global_arrays)
+from jax3dmmstn.data.batching import (
+    BatchIterator,
+    DatasetSource,
+    Prefetcher,
+    collate,
+    global_batch_indices,
+    merge_devices,
+    process_slice,
+    split_for_devices,
+    to_global_arrays,
+)
 from jax3dmmstn.data.errors import DataError, DataErrorLog
-from jax3dmmstn.data.loaders import (ImageFolderDataset, load_demo_mat, load_imdb_mat,
-                                     load_tfds, read_pts)
-from jax3dmmstn.data.preprocess import (crop_around_landmarks, flip_horizontal,
-                                        flip_permutation, identity_pairs, random_augment,
-                                        with_mirrors)
+from jax3dmmstn.data.loaders import (
+    ImageFolderDataset,
+    load_demo_mat,
+    load_imdb_mat,
+    load_tfds,
+    read_pts,
+)
+from jax3dmmstn.data.preprocess import (
+    crop_around_landmarks,
+    flip_horizontal,
+    flip_permutation,
+    identity_pairs,
+    random_augment,
+    with_mirrors,
+)
 from jax3dmmstn.data.render import FaceRenderer, RenderConfig
 from jax3dmmstn.data.synthetic import SyntheticFaces, heldout_set
 
 __all__ = [
-    "BatchIterator", "DatasetSource", "Prefetcher", "collate", "global_batch_indices",
-    "merge_devices", "process_slice", "split_for_devices", "to_global_arrays",
-    "DataError", "DataErrorLog", "ImageFolderDataset", "load_demo_mat", "load_imdb_mat",
-    "load_tfds", "read_pts", "crop_around_landmarks", "flip_horizontal",
-    "flip_permutation", "identity_pairs", "random_augment", "with_mirrors",
-    "FaceRenderer", "RenderConfig", "SyntheticFaces", "heldout_set",
+    "BatchIterator",
+    "DatasetSource",
+    "Prefetcher",
+    "collate",
+    "global_batch_indices",
+    "merge_devices",
+    "process_slice",
+    "split_for_devices",
+    "to_global_arrays",
+    "DataError",
+    "DataErrorLog",
+    "ImageFolderDataset",
+    "load_demo_mat",
+    "load_imdb_mat",
+    "load_tfds",
+    "read_pts",
+    "crop_around_landmarks",
+    "flip_horizontal",
+    "flip_permutation",
+    "identity_pairs",
+    "random_augment",
+    "with_mirrors",
+    "FaceRenderer",
+    "RenderConfig",
+    "SyntheticFaces",
+    "heldout_set",
 ]

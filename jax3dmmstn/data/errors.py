@@ -34,41 +34,40 @@ _MAX_MESSAGES = 1000
 
 
 class DataError(ValueError):
-  """One example (named in the message) cannot be used."""
+    """One example (named in the message) cannot be used."""
 
 
 def check_policy(on_error: str) -> str:
-  """Returns ``on_error`` if it is a known policy, else raises ValueError."""
-  if on_error not in ERROR_POLICIES:
-    raise ValueError(
-        f"on_error must be one of {ERROR_POLICIES}, got {on_error!r}")
-  return on_error
+    """Returns ``on_error`` if it is a known policy, else raises ValueError."""
+    if on_error not in ERROR_POLICIES:
+        raise ValueError(f"on_error must be one of {ERROR_POLICIES}, got {on_error!r}")
+    return on_error
 
 
 @dataclasses.dataclass
 class DataErrorLog:
-  """Counts and remembers the examples skipped under ``on_error="skip"``."""
+    """Counts and remembers the examples skipped under ``on_error="skip"``."""
 
-  count: int = 0
-  messages: List[str] = dataclasses.field(default_factory=list)
+    count: int = 0
+    messages: List[str] = dataclasses.field(default_factory=list)
 
-  def record(self, error: Exception) -> None:
-    self.count += 1
-    if len(self.messages) < _MAX_MESSAGES:
-      self.messages.append(str(error))
-    if self.count <= _MAX_WARNINGS:
-      logger.warning("skipping bad example (%d so far): %s", self.count, error)
+    def record(self, error: Exception) -> None:
+        self.count += 1
+        if len(self.messages) < _MAX_MESSAGES:
+            self.messages.append(str(error))
+        if self.count <= _MAX_WARNINGS:
+            logger.warning("skipping bad example (%d so far): %s", self.count, error)
 
-  def summary(self) -> str:
-    if not self.count:
-      return "no examples skipped"
-    head = "; ".join(self.messages[:3])
-    return f"{self.count} examples skipped, e.g. {head}"
+    def summary(self) -> str:
+        if not self.count:
+            return "no examples skipped"
+        head = "; ".join(self.messages[:3])
+        return f"{self.count} examples skipped, e.g. {head}"
 
 
 def handle(error: DataError, on_error: str, log: DataErrorLog | None) -> None:
-  """Applies the policy to one bad example: re-raises, or records it."""
-  if check_policy(on_error) == "fail":
-    raise error
-  if log is not None:
-    log.record(error)
+    """Applies the policy to one bad example: re-raises, or records it."""
+    if check_policy(on_error) == "fail":
+        raise error
+    if log is not None:
+        log.record(error)
