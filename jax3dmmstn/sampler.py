@@ -67,7 +67,7 @@ def _compute_dtype(image, grid):
 
 
 # How the fast path works (benchmarks/sampler.py measures it; see
-# docs/performance_sampler.md). XLA on CPU pays for every pass over a
+# README.md, "Performance"). XLA on CPU pays for every pass over a
 # [samples, 2, 2, C] array and for every recomputation of the per-sample index
 # and weight arithmetic inside a fused loop, so:
 # * The forward pass reads each sample's 2 x 2 x C window of the image, viewed as
