@@ -122,9 +122,14 @@ def summarise(per_image: Mapping[str, np.ndarray]) -> dict:
 # Pictures.
 # --------------------------------------------------------------------------------------------
 def _pyplot():
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg", force=False)
+    # Headless by default, but never switch the backend of a session that already
+    # uses pyplot (a notebook would stop showing its figures).
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

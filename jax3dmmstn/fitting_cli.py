@@ -110,14 +110,18 @@ def write_results(
     names,
     per_image,
     average: bool = False,
+    parametrisation: str = "matconvnet",
 ) -> None:
-    """Per-image PNGs + OBJ, fit.json, and optionally the averaged texture."""
+    """Per-image PNGs + OBJ, fit.json, and optionally the averaged texture.
+
+    ``parametrisation``: how theta's logs gives the scale (``geometry.log_scale_to_scale``).
+    """
     from jax3dmmstn import outputs
 
     os.makedirs(out_dir, exist_ok=True)
     if model.resolution:
         texture, mask, points2d = outputs.sample_uv_texture(
-            images, theta, model.mean, model.basis, model.faces
+            images, theta, model.mean, model.basis, model.faces, parametrisation
         )
         texture, mask, points2d = map(np.asarray, (texture, mask, points2d))
     for i, name in enumerate(names):
@@ -222,6 +226,37 @@ def fit_main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
+def _face_crop(image, path: str, args, out_size: int):
+    """Crops a square around ``--box`` or the image's .pts landmarks (a PIL image in and out).
+
+    Without either option the image is returned unchanged.
+    """
+    from PIL import Image
+
+    from jax3dmmstn.data import loaders, preprocess
+
+    if args.box is None and not args.pts:
+        return image
+    pixels = np.asarray(image, np.float32)
+    size = pixels.shape[:2]
+    if args.pts:
+        points = loaders.pts_to_image_frame(
+            loaders.read_pts(os.path.splitext(path)[0] + ".pts"), size
+        )
+    else:
+        col0, row0, col1, row1 = args.box
+        if not (col1 > col0 and row1 > row0):
+            raise ValueError(f"--box needs COL1 > COL0 and ROW1 > ROW0, got {args.box}")
+        points = preprocess.pixels_to_landmarks(np.array([[col0, row0], [col1, row1]]), size)
+    example = {
+        "image": pixels,
+        "landmarks": points,
+        "landmark_visible": np.ones(len(points), np.float32),
+    }
+    cropped = preprocess.crop_around_landmarks(example, out_size=out_size, margin=args.margin)
+    return Image.fromarray(np.clip(np.rint(cropped["image"]), 0, 255).astype(np.uint8))
+
+
 def predict_main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jax3dmmstn predict", description="Run a trained localiser on images."
@@ -229,13 +264,29 @@ def predict_main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="training workdir (has checkpoints/)")
     parser.add_argument("--images", required=True, nargs="+", help="image files")
     parser.add_argument("--out", required=True)
+    crop = parser.add_mutually_exclusive_group()
+    crop.add_argument(
+        "--box",
+        nargs=4,
+        type=float,
+        metavar=("COL0", "ROW0", "COL1", "ROW1"),
+        help="face box of every image (0-based pixels, y down): crop a square around it",
+    )
+    crop.add_argument(
+        "--pts",
+        action="store_true",
+        help="crop around the landmarks of the iBUG .pts file next to each image (IMAGE.pts)",
+    )
+    parser.add_argument(
+        "--margin", type=float, default=0.25, help="crop margin, fraction of the box side"
+    )
     args = parser.parse_args(argv)
     try:
         import jax
         import ml_collections
         import orbax.checkpoint as ocp
         from PIL import Image
-        from jax3dmmstn import training
+        from jax3dmmstn import geometry, training
     except ImportError as error:
         print(f"predict: error: cannot import the training code ({error})", file=sys.stderr)
         return 2
@@ -255,31 +306,52 @@ def predict_main(argv: Optional[List[str]] = None) -> int:
         step,
         args=ocp.args.Composite(state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()),
     )
+    manager.close()
     config = ml_collections.ConfigDict(dict(restored["config"]))
     params = restored["state"]["params"]
-    morphable = training.build_morphable_model(config)
-    model = training.build_model(config, morphable)
+    try:
+        morphable = training.build_morphable_model(config)
+        model = training.build_model(config, morphable)
+    except (ValueError, OSError) as error:
+        print(f"predict: error: cannot rebuild the checkpoint's model: {error}", file=sys.stderr)
+        return 2
     height, width = tuple(config.data.image_size)
     images = []
     for path in args.images:
-        image = Image.open(path).convert("RGB")
+        try:
+            image = Image.open(path).convert("RGB")
+        except OSError as error:  # missing file or not an image
+            print(f"predict: error: cannot read image {path}: {error}", file=sys.stderr)
+            return 2
+        try:
+            image = _face_crop(image, path, args, width)
+        except (ValueError, OSError) as error:
+            print(f"predict: error: cannot crop {path}: {error}", file=sys.stderr)
+            return 2
         if image.size != (width, height):
+            # The localiser was trained on crops of this size: a photo must be cropped around
+            # the face first (resizing keeps the whole picture, stretched).
+            print(
+                f"predict: note: resized {path} from {image.size[0]}x{image.size[1]} to the "
+                f"model's {width}x{height}",
+                file=sys.stderr,
+            )
             image = image.resize((width, height), Image.BILINEAR)
         images.append(np.asarray(image, np.float32))
     images = np.stack(images)
+    # The STN's own landmarks: its landmark set and scale parametrisation (the config's).
     out = jax.jit(model.apply)({"params": params}, images)
     theta = np.asarray(out["theta"])
-    from jax3dmmstn import fitting, geometry
-
-    name = "custom" if "custom" in morphable.landmarks else config.model.get("landmarks", "aflw21")
-    mean_l, basis_l = fitting.landmark_shape_model(
-        morphable.mean, morphable.basis, morphable.landmarks[name]
-    )
-    predicted = np.asarray(fitting.project_landmarks(theta, mean_l, basis_l))
-    ypr = np.asarray(geometry.matrix_to_yaw_pitch_roll(geometry.axis_angle_to_matrix(theta[:, :3])))
+    predicted = np.asarray(out["landmarks"])
+    ypr = np.asarray(geometry.matrix_to_yaw_pitch_roll(out["R"]))
     names = [os.path.splitext(os.path.basename(p))[0] for p in args.images]
     per_image = [
-        {"name": names[i], "theta": theta[i].tolist(), "yaw_pitch_roll_degrees": ypr[i].tolist()}
+        {
+            "name": names[i],
+            "theta": theta[i].tolist(),
+            "yaw_pitch_roll_degrees": ypr[i].tolist(),
+            "landmarks": predicted[i].tolist(),
+        }
         for i in range(len(names))
     ]
     write_results(
@@ -292,6 +364,7 @@ def predict_main(argv: Optional[List[str]] = None) -> int:
         predicted,
         names,
         per_image,
+        parametrisation=config.model.get("scale_parametrisation", "matconvnet"),
     )
     print(f"predicted {len(names)} images (checkpoint step {step}); wrote {args.out}")
     return 0
