@@ -892,9 +892,11 @@ def train_and_evaluate(config, workdir: str, data=None, return_state: bool = Fal
     if restored is not None:
         state, saved_config = restored
         _warn_config_changes(saved_config, config_to_dict(config))
-        metrics_writer.truncate_after(int(state.step))
         logger.info("resumed from %s at step %d", checkpointer.directory, int(state.step))
     start_step = int(state.step)
+    # Rows past the restored step (all of them when a run was killed before its first
+    # checkpoint) belong to work that is about to be redone.
+    metrics_writer.truncate_after(start_step)
     total_steps = int(config.total_steps)
     config_json = config_to_dict(config)
 
