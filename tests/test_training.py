@@ -7,6 +7,7 @@ is SIGKILLed mid-way and resumed, compared with an uninterrupted run.
 """
 
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -465,6 +466,23 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path, single_device_run)
         r["step"] for r in read_metrics(str(workdir / "metrics.jsonl")) if r["split"] == "train"
     ]
     assert steps_logged == sorted(set(steps_logged))
+
+
+@pytest.mark.slow
+def test_rows_of_a_run_killed_before_its_first_checkpoint_are_dropped(tmp_path):
+    # A run that died before saving anything left metrics rows but no checkpoint: the
+    # restarted run starts from step 0 and must not keep those rows.
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    stale = [{"split": "train", "step": s, "stale": True} for s in (1, 2, 3)]
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stale))
+    result = _run_worker(tmp_path, "single", workdir)
+    assert result.returncode == 0, result.stderr[-4000:]
+    from jax3dmmstn.evaluation import read_metrics
+
+    rows = [r for r in read_metrics(str(workdir / "metrics.jsonl")) if r["split"] == "train"]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert not any(r.get("stale") for r in rows)
 
 
 # ------------------------------------------------------------------------ configs, head init
