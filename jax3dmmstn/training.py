@@ -755,7 +755,6 @@ def evaluate(
     params: PyTree,
     batches: Iterable[Mapping],
     morphable_model,
-    scale_parametrisation: str = "matconvnet",
 ) -> tuple[dict, dict]:
     """Held-out metrics (means) and the first batch's predictions (for snapshots).
 
@@ -1045,13 +1044,7 @@ def _run_eval(
     start_time,
     is_chief,
 ) -> dict:
-    summary, first = evaluate(
-        predict,
-        params,
-        eval_batches,
-        morphable_model,
-        config.model.get("scale_parametrisation", "matconvnet"),
-    )
+    summary, first = evaluate(predict, params, eval_batches, morphable_model)
     metrics_writer.write(dict(split="eval", step=step, wall_s=time.time() - start_time, **summary))
     if is_chief and config.get("snapshots", True):
         save_snapshots(workdir, step, first, tag="latest")
