@@ -17,7 +17,6 @@ compute dtype (table below; pass --peak-tflops to override).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -28,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax3dmmstn import training
+from jax3dmmstn import config_files, training
 from jax3dmmstn.synthetic_model import synthetic_face_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,10 +43,7 @@ PEAK_TFLOPS = {
 
 
 def load_config(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_files.load_config(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def config_for(localiser: str, dtype: str):

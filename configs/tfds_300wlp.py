@@ -11,23 +11,13 @@ tfds.data_source reads them without TensorFlow. Evaluation is the 3DDFA protocol
         --config.morphable_model.path=/data/model.mat --workdir=/runs/300wlp
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _sibling(name):
-    """Load configs/NAME.py by path (config files are loaded by path, not as a package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"jax3dmmstn_config_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from jax3dmmstn.config_files import load_sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _sibling("imdb").get_config()
+    config = load_sibling_config(__file__, "imdb")
     config.name = "tfds_300wlp"
     config.model.landmarks = "ibug68"
     config.data = ml_collections.ConfigDict(

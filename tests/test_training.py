@@ -6,7 +6,6 @@ processes joined by jax.distributed over gloo, each compared with one device; an
 is SIGKILLed mid-way and resumed, compared with an uninterrupted run.
 """
 
-import importlib.util
 import json
 import os
 import socket
@@ -22,15 +21,13 @@ import pytest
 
 from jax3dmmstn import losses as loss_lib
 from jax3dmmstn import training
+from jax3dmmstn.config_files import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load_config(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def _toy_params():
