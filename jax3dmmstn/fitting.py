@@ -513,16 +513,24 @@ def texture_objective(
     The texture is the STN's: the image sampled on the projected UV grid, masked by
     the self-occlusion mask. Returns (total, dict of the terms).
     """
-    # Imported here: the losses and the sampler are needed only by this path.
-    from jax3dmmstn import losses, sampler, visibility as vis
+    # Imported here: only this path needs the STN module (and Flax) and the losses.
+    from jax3dmmstn import losses
+    from jax3dmmstn.model import compose_from_theta
 
-    proj = geometry.project_theta(theta, mean, basis, parametrisation)
-    grid = geometry.points_to_grid(proj.points2d, images.shape[1:3])
-    mask = vis.visibility_mask(proj.rotated, faces)
-    texture = vis.apply_mask(sampler.bilinear_sample(images, grid), mask)
-    predicted = geometry.select_landmarks(proj.points2d, landmark_index)
+    stn = compose_from_theta(
+        theta,
+        images,
+        mean=mean,
+        basis=basis,
+        faces=faces,
+        landmark_index=landmark_index,
+        resolution=geometry.grid_resolution(mean.shape[0]),
+        image_size=images.shape[1:3],
+        scale_parametrisation=parametrisation,
+    )
+    texture, mask = stn["masked_texture"], stn["mask"]
     terms = {
-        "landmark": losses.landmark_loss(predicted, landmarks, visibility),
+        "landmark": losses.landmark_loss(stn["landmarks"], landmarks, visibility),
         "prior": losses.prior_loss(theta[:, 6:]),
         "symmetry": losses.symmetry_loss(texture, mask),
     }

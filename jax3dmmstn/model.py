@@ -312,12 +312,12 @@ def compose_from_theta(
         vertices3d=chain.vertices,
         rotated=chain.rotated,
         points2d=points2d,
-        landmarks=geometry.select_landmarks(points2d, np.asarray(landmark_index)),
+        landmarks=geometry.select_landmarks(points2d, landmark_index),
     )
     if images is not None and resolution > 0:
         grid = geometry.points_to_grid(points2d, image_size=tuple(image_size))
         texture = sampler.bilinear_sample(images.astype(jnp.float32), grid)
-        mask = visibility.visibility_mask(chain.rotated, np.asarray(faces))
+        mask = visibility.visibility_mask(chain.rotated, faces)
         out.update(
             grid=grid,
             texture=texture,
