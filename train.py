@@ -28,7 +28,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 config_flags.DEFINE_config_file(
     "config",
-    os.path.join(_HERE, "configs", "synthetic.py"),
+    os.path.join(_HERE, "jax3dmmstn", "configs", "synthetic.py"),
     "Python config file (configs/NAME.py); override fields with --config.key=value.",
     lock_config=True,
 )

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.io
 from scipy.spatial import Delaunay
 
-from jax3dmmstn import bfm
+from jax3dmmstn.facemodel import bfm
 
 N_BFM = 53490
 N_TDDFA = 53215

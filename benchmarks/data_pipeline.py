@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from jax3dmmstn.data import batching, loaders, preprocess, render, synthetic
-from jax3dmmstn.synthetic_model import synthetic_face_model
+from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
 TARGET_IMAGES_PER_SECOND = 200.0
 

@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax3dmmstn import fitting, geometry
-from jax3dmmstn.synthetic_model import synthetic_face_model
+from jax3dmmstn import fitting
+from jax3dmmstn.core import geometry
+from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
 
 def make_inputs(model, batch, seed=0):

@@ -1,4 +1,4 @@
-"""Bilinear sampler speed: jax3dmmstn.sampler vs torch grid_sample, forward + backward.
+"""Bilinear sampler speed: jax3dmmstn.core.sampler vs torch grid_sample, forward + backward.
 
     python benchmarks/sampler.py            # full run (a few minutes on 2 cores)
     python benchmarks/sampler.py --quick    # short run
@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax3dmmstn.sampler import bilinear_sample
+from jax3dmmstn.core.sampler import bilinear_sample
 
 
 def _import_torch():

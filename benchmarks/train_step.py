@@ -27,8 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax3dmmstn import config_files, training
-from jax3dmmstn.synthetic_model import synthetic_face_model
+from jax3dmmstn import training
+from jax3dmmstn import configs as config_files
+from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,7 +44,7 @@ PEAK_TFLOPS = {
 
 
 def load_config(name: str):
-    return config_files.load_config(os.path.join(REPO, "configs", f"{name}.py"))
+    return config_files.load_config(name)
 
 
 def config_for(localiser: str, dtype: str):

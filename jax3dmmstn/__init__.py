@@ -8,12 +8,16 @@ Modules: ``geometry`` (3DMM shape, Rodrigues, projection, grid), ``sampler``
 Heavier modules (``data``, ``model``, ``training``) are imported on use.
 """
 
-from jax3dmmstn import geometry, losses, matconvnet, sampler, visibility
-from jax3dmmstn.bfm import build_bfm_model
-from jax3dmmstn.geometry import axis_angle_to_matrix, project_theta
-from jax3dmmstn.morphable_model import MorphableModel, load_matconvnet_model, read_anl
-from jax3dmmstn.sampler import bilinear_sample
-from jax3dmmstn.synthetic_model import synthetic_face_model
+from jax3dmmstn import matconvnet
+from jax3dmmstn.core import geometry
+from jax3dmmstn.core import losses
+from jax3dmmstn.core import sampler
+from jax3dmmstn.core import visibility
+from jax3dmmstn.facemodel.bfm import build_bfm_model
+from jax3dmmstn.core.geometry import axis_angle_to_matrix, project_theta
+from jax3dmmstn.facemodel.morphable_model import MorphableModel, load_matconvnet_model, read_anl
+from jax3dmmstn.core.sampler import bilinear_sample
+from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
 
 __all__ = [

@@ -8,9 +8,9 @@ import importlib
 import sys
 
 _COMMANDS = {
-    "verify": ("jax3dmmstn.verify", "Compare jax3dmmstn.matconvnet with a MatConvNet dump."),
-    "fit": ("jax3dmmstn.fitting_cli", "Fit theta to 2D landmarks (the original's demo, fast)."),
-    "predict": ("jax3dmmstn.fitting_cli", "Run a trained localiser on images."),
+    "verify": ("jax3dmmstn.matconvnet.verify", "Compare jax3dmmstn.matconvnet with a MatConvNet dump."),
+    "fit": ("jax3dmmstn.fitting.cli", "Fit theta to 2D landmarks (the original's demo, fast)."),
+    "predict": ("jax3dmmstn.fitting.cli", "Run a trained localiser on images."),
 }
 
 

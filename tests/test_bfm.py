@@ -5,8 +5,8 @@ import pytest
 import scipy.io
 from scipy.spatial import Delaunay
 
-from jax3dmmstn import prepare_model
-from jax3dmmstn.bfm import (
+from jax3dmmstn.facemodel import prepare as prepare_model
+from jax3dmmstn.facemodel.bfm import (
     build_bfm_model,
     build_bfm_model_from_arrays,
     cotangent_laplacian,
@@ -14,7 +14,7 @@ from jax3dmmstn.bfm import (
     grid_resampling_matrix,
     locate_points,
 )
-from jax3dmmstn.morphable_model import (
+from jax3dmmstn.facemodel.morphable_model import (
     AFLW21_FLIP,
     AFLW21_INDICES_112_ONE_BASED,
     MorphableModel,
@@ -50,7 +50,7 @@ def linear(uv, matrix):
 # ----------------------------------------------------------------------------- Laplacian
 def original_laplace_beltrami(x, f):
     """The original's LaplaceBeltrami.m construction (gradient matrices, divergence as their
-    face-area-weighted transpose), written independently of jax3dmmstn.bfm."""
+    face-area-weighted transpose), written independently of jax3dmmstn.facemodel.bfm."""
     import scipy.sparse as sp
 
     n, m = len(x), len(f)

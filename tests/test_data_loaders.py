@@ -7,7 +7,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from jax3dmmstn import geometry
+from jax3dmmstn.core import geometry
 from jax3dmmstn.data import errors, loaders
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jax3dmmstn import geometry
+from jax3dmmstn.core import geometry
 from jax3dmmstn.data import preprocess
 
 

@@ -5,9 +5,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from jax3dmmstn import geometry, sampler
+from jax3dmmstn.core import geometry
+from jax3dmmstn.core import sampler
 from jax3dmmstn.data import preprocess, render, synthetic
-from jax3dmmstn.synthetic_model import synthetic_face_model
+from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
 SIZE = 128
 

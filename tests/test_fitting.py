@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax3dmmstn import fitting, geometry
-from jax3dmmstn.synthetic_model import synthetic_face_model
+from jax3dmmstn import fitting
+from jax3dmmstn.core import geometry
+from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def test_original_descent_lowers_the_loss_and_stops(model):
 def test_fit_cli_end_to_end_on_a_demo_layout_mat(model, tmp_path):
     import json
     import scipy.io
-    from jax3dmmstn import fitting_cli
+    from jax3dmmstn.fitting import cli as fitting_cli
 
     model_path = tmp_path / "model.npz"
     model.save(model_path)

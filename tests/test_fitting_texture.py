@@ -5,7 +5,7 @@ import pytest
 
 from jax3dmmstn import fitting
 from jax3dmmstn.data import render
-from jax3dmmstn.synthetic_model import synthetic_face_model
+from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_fit_cli_texture_refinement(rendered, tmp_path):
 
     import scipy.io
 
-    from jax3dmmstn import fitting_cli
+    from jax3dmmstn.fitting import cli as fitting_cli
 
     model, out = rendered
     model_path = tmp_path / "model.npz"

@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 from jax.test_util import check_grads
 
-from jax3dmmstn import geometry as G
+from jax3dmmstn.core import geometry as G
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -166,7 +166,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="non-finite"):
         G.project_theta(jnp.full((1, 8), jnp.nan), np.zeros((4, 3)), np.zeros((4, 3, 2)))
     with pytest.raises(ValueError, match=r"\[B, 6 \+ D\]"):
-        G.split_theta(jnp.zeros((3,)))
+        G.project_theta(jnp.zeros((3,)), np.zeros((4, 3)), np.zeros((4, 3, 2)))
     with pytest.raises(ValueError, match="alpha must be"):
         G.morphable_shape(np.zeros((4, 3)), np.zeros((4, 3, 2)), np.zeros((1, 3)))
     with pytest.raises(ValueError, match="perfect square"):

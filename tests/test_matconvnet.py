@@ -5,10 +5,11 @@ the native functions."""
 import numpy as np
 import pytest
 
-from jax3dmmstn import geometry as G
+from jax3dmmstn.core import geometry as G
 from jax3dmmstn import matconvnet as M
-from jax3dmmstn import sampler as S
-from jax3dmmstn.morphable_model import grid_faces
+from jax3dmmstn.core import sampler as S
+from jax3dmmstn.core import visibility as V
+from jax3dmmstn.facemodel.morphable_model import grid_faces
 
 pytestmark = pytest.mark.usefixtures("float64")
 RNG = np.random.default_rng(0)
@@ -229,7 +230,7 @@ def test_visibility_mask_layout_and_original_accumulation():
     # (The original's non-accumulating normals may differ near the silhouette:
     # compare the layout with accumulate=True, which is the native rule.)
     mask = M.vl_nnvisibilitymask(rotated, faces, accumulate=True)
-    native = np.asarray(M.visibility.vertex_visibility(rotated[0].transpose(2, 1, 0), faces - 1))
+    native = np.asarray(V.vertex_visibility(rotated[0].transpose(2, 1, 0), faces - 1))
     np.testing.assert_array_equal(mask[:, :, 0, 0], native[0].reshape(res, res))
     # The original's non-accumulating sum: vertex 1 (1-based) is the first
     # corner of two faces. Face A faces -z with weight pi/2 * 100, face B (the

@@ -1,4 +1,4 @@
-"""The Flax 3DMM-STN (jax3dmmstn.model) and the VGG-Face importer (jax3dmmstn.vggface_import)."""
+"""The Flax 3DMM-STN (jax3dmmstn.network.model) and the VGG-Face importer (jax3dmmstn.network.vggface)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 import scipy.io
 
-from jax3dmmstn import geometry, model as model_lib, sampler, vggface_import, visibility
-from jax3dmmstn.synthetic_model import synthetic_face_model
+from jax3dmmstn.core import geometry
+from jax3dmmstn.core.stn import compose_from_theta
+from jax3dmmstn.network import localisers
+from jax3dmmstn.network import model as model_lib
+from jax3dmmstn.core import sampler
+from jax3dmmstn.network import vggface as vggface_import
+from jax3dmmstn.core import visibility
+from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +149,7 @@ def test_bad_inputs_raise_clear_errors(face_model):
     with pytest.raises(ValueError, match="unknown localiser"):
         model_lib.build_stn(face_model, localiser="resnet")
     with pytest.raises(ValueError, match="theta must be"):
-        model_lib.compose_from_theta(
+        compose_from_theta(
             jnp.zeros((1, 7)),
             None,
             mean=face_model.mean,
@@ -156,7 +162,7 @@ def test_bad_inputs_raise_clear_errors(face_model):
 
 
 def test_vgg16_has_the_vgg_face_layout():
-    vgg = model_lib.VGG16()
+    vgg = localisers.VGG16()
     shapes = jax.eval_shape(vgg.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))["params"]
     assert list(shapes) == list(vggface_import.CONV_LAYERS)
     assert shapes["conv1_1"]["kernel"].shape == (3, 3, 3, 64)
@@ -181,7 +187,7 @@ def _write_tiny_vggface(path, divisor=16, fc=8, image=64, seed=0, drop=None, bad
     layers, arrays = [], {}
     channels = 3
     spatial = image
-    for block, (names, width) in enumerate(model_lib.VGG16_BLOCKS):
+    for block, (names, width) in enumerate(localisers.VGG16_BLOCKS):
         for name in names:
             out = width // divisor
             w = rng.normal(0, np.sqrt(2.0 / (9 * channels)), (3, 3, channels, out))
@@ -259,7 +265,7 @@ def _reference_simplenn(image, arrays):
         return np.einsum("ijcab,abco->ijo", windows, w) + b.ravel()
 
     x = image.astype(np.float64)
-    for names, _ in model_lib.VGG16_BLOCKS:
+    for names, _ in localisers.VGG16_BLOCKS:
         for name in names:
             x = np.maximum(conv(x, *arrays[name], pad=1), 0)
         h, w_, c = x.shape
@@ -285,7 +291,7 @@ def test_vggface_import_reproduces_the_simplenn_forward(tiny_vggface):
     np.testing.assert_array_equal(weights.params["conv3_2"]["kernel"], arrays["conv3_2"][0])
     np.testing.assert_array_equal(weights.params["fc6"]["bias"], arrays["fc6"][1].ravel())
 
-    vgg = model_lib.VGG16(**weights.module_kwargs())
+    vgg = localisers.VGG16(**weights.module_kwargs())
     image = np.random.default_rng(1).uniform(0, 255, (64, 64, 3)).astype(np.float32)
     template = jax.eval_shape(vgg.init, jax.random.key(0), jnp.asarray(image[None]))["params"]
     params = vggface_import.load_into_params({"localiser": template}, weights)["localiser"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from jax3dmmstn.morphable_model import (
+from jax3dmmstn.facemodel.morphable_model import (
     AFLW21_FLIP,
     AFLW21_INDICES_112_ONE_BASED,
     IBUG68_FLIP,

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from jax3dmmstn import outputs
-from jax3dmmstn.synthetic_model import synthetic_face_model
+from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,8 @@ def _frontal_image(model, size=160):
     """A frontal picture of the model's albedo: each pixel takes the colour of the nearest
     visible projected vertex (independent of the renderer). Returns (image [1,S,S,3], theta)."""
     from scipy.spatial import cKDTree
-    from jax3dmmstn import geometry, visibility
+    from jax3dmmstn.core import geometry
+    from jax3dmmstn.core import visibility
 
     logs = float(geometry.scale_to_log_scale(np.float32(0.6)))
     theta = np.zeros((1, 6 + model.n_components), np.float32)

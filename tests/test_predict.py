@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jax3dmmstn import fitting_cli, geometry, training
-from jax3dmmstn.config_files import load_config
+from jax3dmmstn import training
+from jax3dmmstn.fitting import cli as fitting_cli
+from jax3dmmstn.core import geometry
+from jax3dmmstn.configs import load_config
 from jax3dmmstn.data import SyntheticFaces
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +27,7 @@ RESOLUTION = 16
 
 
 def _tiny_config():
-    config = load_config(os.path.join(REPO, "configs", "synthetic.py"))
+    config = load_config("synthetic")
     config.morphable_model.resolution = RESOLUTION
     config.data.image_size = (IMAGE_SIZE, IMAGE_SIZE)
     config.data.train_size = 8

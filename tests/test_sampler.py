@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jax3dmmstn.sampler import bilinear_sample, bilinear_sample_reference
+from jax3dmmstn.core.sampler import bilinear_sample, bilinear_sample_reference
 
 pytestmark = pytest.mark.usefixtures("float64")
 

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax3dmmstn.geometry import axis_angle_to_matrix
-from jax3dmmstn.morphable_model import AFLW21_FLIP, IBUG68_FLIP, MorphableModel
-from jax3dmmstn.synthetic_model import synthetic_face_model
-from jax3dmmstn.visibility import visibility_mask
+from jax3dmmstn.core.geometry import axis_angle_to_matrix
+from jax3dmmstn.facemodel.morphable_model import AFLW21_FLIP, IBUG68_FLIP, MorphableModel
+from jax3dmmstn.facemodel.synthetic import synthetic_face_model
+from jax3dmmstn.core.visibility import visibility_mask
 
 REFLECT_X = np.array([-1.0, 1.0, 1.0])
 

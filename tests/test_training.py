@@ -19,15 +19,15 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jax3dmmstn import losses as loss_lib
+from jax3dmmstn.core import losses as loss_lib
 from jax3dmmstn import training
-from jax3dmmstn.config_files import load_config
+from jax3dmmstn.configs import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load_config(name):
-    return load_config(os.path.join(REPO, "configs", f"{name}.py"))
+    return load_config(name)
 
 
 def _toy_params():
@@ -265,8 +265,9 @@ _WORKER = textwrap.dedent('''
     import importlib.util
     import numpy as np
     import jax
-    from jax3dmmstn import geometry, training
-    from jax3dmmstn.synthetic_model import synthetic_face_model
+    from jax3dmmstn import training
+    from jax3dmmstn.core import geometry
+    from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
     spec = importlib.util.spec_from_file_location("cfg", sys.argv[-1])
     cfg_module = importlib.util.module_from_spec(spec)
@@ -345,7 +346,7 @@ def _run_worker(tmp_path, mode, workdir, extra_env=None, extra_args=(), check=Tr
             mode,
             str(workdir),
             *extra_args,
-            os.path.join(REPO, "configs", "synthetic.py"),
+            os.path.join(REPO, "jax3dmmstn", "configs", "synthetic.py"),
         ],
         env=env,
         capture_output=True,
@@ -389,7 +390,7 @@ def test_pmap_on_eight_devices_equals_one_device(tmp_path, single_device_run):
 
 
 def _initial_params():
-    from jax3dmmstn.synthetic_model import synthetic_face_model
+    from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
     config = _load_config("synthetic")
     config.morphable_model.resolution = 16
@@ -426,7 +427,7 @@ def test_two_processes_with_jax_distributed_equal_one_device(tmp_path, single_de
                 str(workdir),
                 str(i),
                 port,
-                os.path.join(REPO, "configs", "synthetic.py"),
+                os.path.join(REPO, "jax3dmmstn", "configs", "synthetic.py"),
             ],
             env=env,
             stdout=subprocess.PIPE,
@@ -485,7 +486,7 @@ def test_rows_of_a_run_killed_before_its_first_checkpoint_are_dropped(tmp_path):
 # ------------------------------------------------------------------------ configs, head init
 @pytest.mark.parametrize("name", ["synthetic", "matconvnet", "imdb", "tfds_300wlp"])
 def test_configs_build_a_model_and_optimiser(name):
-    from jax3dmmstn.synthetic_model import synthetic_face_model
+    from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
     config = _load_config(name)
     face_model = synthetic_face_model(16)  # stands in for model.mat: only shapes matter here
@@ -515,8 +516,8 @@ def test_configs_build_a_model_and_optimiser(name):
 
 
 def test_head_init_from_landmarks_recovers_scale_and_translation():
-    from jax3dmmstn import geometry
-    from jax3dmmstn.synthetic_model import synthetic_face_model
+    from jax3dmmstn.core import geometry
+    from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
     face_model = synthetic_face_model(16)
     idx = face_model.landmarks["aflw21"]
@@ -547,7 +548,8 @@ def test_head_init_from_landmarks_recovers_scale_and_translation():
 
 # ------------------------------------------------------------------------ metrics, pictures
 def test_nme_pose_and_shape_errors_closed_form():
-    from jax3dmmstn import evaluation, geometry
+    from jax3dmmstn import evaluation
+    from jax3dmmstn.core import geometry
 
     target = np.array([[[0.0, 0.0], [100.0, 0.0], [100.0, 25.0], [50.0, 10.0]]])
     visible = np.array([[1.0, 1.0, 1.0, 0.0]])

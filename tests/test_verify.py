@@ -15,7 +15,7 @@ import pytest
 import scipy.io
 
 from jax3dmmstn import matconvnet as M
-from jax3dmmstn import verify as V
+from jax3dmmstn.matconvnet import verify as V
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EPS32 = float(np.finfo(np.float32).eps)

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax3dmmstn import geometry as G
-from jax3dmmstn import losses as L
-from jax3dmmstn import visibility as V
-from jax3dmmstn.morphable_model import grid_faces
+from jax3dmmstn.core import geometry as G
+from jax3dmmstn.core import losses as L
+from jax3dmmstn.core import visibility as V
+from jax3dmmstn.facemodel.morphable_model import grid_faces
 
 pytestmark = pytest.mark.usefixtures("float64")
 

@@ -20,9 +20,9 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from jax3dmmstn import geometry
+from jax3dmmstn.core import geometry
 from jax3dmmstn.data import render, synthetic
-from jax3dmmstn.synthetic_model import synthetic_face_model
+from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
 
 def draw_tile(

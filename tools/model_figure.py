@@ -153,8 +153,8 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("docs/images/synthetic_model.png"))
     args = parser.parse_args(argv)
-    from jax3dmmstn.morphable_model import MorphableModel
-    from jax3dmmstn.synthetic_model import synthetic_face_model
+    from jax3dmmstn.facemodel.morphable_model import MorphableModel
+    from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
     model = (
         MorphableModel.load(args.model)

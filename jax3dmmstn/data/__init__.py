@@ -10,8 +10,8 @@ Every loader yields examples as dicts (batches stack them along a leading axis):
   LEFT edge, y from the BOTTOM edge, in pixels. The STN's grid maps x = 0 and
   x = W onto the first and last pixel centre, so a landmark (x, y) is read by the
   sampler at 0-based column ``x (W - 1) / W`` and row ``(H - y)(H - 1) / H``
-  (``jax3dmmstn.geometry.image_frame_to_pixels``; the original's demo plots it at
-  MATLAB pixel (x, H + 1 - y)). ``jax3dmmstn.geometry.project_theta(theta).points2d``
+  (``jax3dmmstn.core.geometry.image_frame_to_pixels``; the original's demo plots it at
+  MATLAB pixel (x, H + 1 - y)). ``jax3dmmstn.core.geometry.project_theta(theta).points2d``
   is in this frame, and so is everything the landmark loss compares.
 * ``landmark_visible``: ``[L]`` float32 in {0, 1}. 0 for a missing landmark (a
   (0, 0) entry of the original's .mat files) or one hidden by the face itself or

@@ -13,7 +13,7 @@
   store landmarks divided by 450 (the image side) in 3DDFA's 1-based pixel coordinates
   with y down; 300W-LP's ``pose_params`` starts with pitch, yaw, roll in radians.
 
-Conversions to the image frame go through ``jax3dmmstn.geometry.pixels_to_image_frame``
+Conversions to the image frame go through ``jax3dmmstn.core.geometry.pixels_to_image_frame``
 (0-based pixel centres, y down -> x from the left, y from the bottom), so a landmark
 lands on the pixel the STN's sampler reads.
 

@@ -3,7 +3,7 @@
 All functions take and return examples in the format of ``jax3dmmstn.data``
 (see the package docstring): ``image`` [H, W, 3] (row 0 at the top, values in
 0..255 as uint8 or float32), ``landmarks`` [L, 2] in the image frame (x from the
-left, y from the bottom, pixels; ``jax3dmmstn.geometry.image_frame_to_pixels``
+left, y from the bottom, pixels; ``jax3dmmstn.core.geometry.image_frame_to_pixels``
 gives the pixel the sampler reads), ``landmark_visible`` [L] float32 in {0, 1},
 and optional ``identity``, ``pose`` (yaw, pitch, roll degrees), ``theta``.
 
@@ -22,8 +22,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from jax3dmmstn import geometry
-from jax3dmmstn.morphable_model import LANDMARK_FLIPS
+from jax3dmmstn.core import geometry
+from jax3dmmstn.facemodel.morphable_model import LANDMARK_FLIPS
 
 Example = Dict[str, object]
 

@@ -1,6 +1,6 @@
 """Synthetic face renderer: a z-buffered, shaded, jitted JAX splatting rasteriser.
 
-Geometry is the STN's own (``jax3dmmstn.geometry.project_theta``): the morphable
+Geometry is the STN's own (``jax3dmmstn.core.geometry.project_theta``): the morphable
 shape of ``alpha`` is rotated by ``R(r)``, projected orthographically along z,
 scaled by ``s = 0.99 ** logs`` and translated by ``t``. The projected points are
 in the image frame (x from the left, y from the bottom), and a surface point is
@@ -59,8 +59,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax3dmmstn import geometry
-from jax3dmmstn.morphable_model import MorphableModel
+from jax3dmmstn.core import geometry
+from jax3dmmstn.core import theta as theta_lib
+from jax3dmmstn.facemodel.morphable_model import MorphableModel
 
 # Landmark visibility: the z-buffer winner at the landmark's pixel is "the same
 # surface" when it lies within this distance of the landmark along the grid
@@ -312,7 +313,9 @@ def _sample_raw(
     occluders[:, 12] *= 0.4  # plainer objects than the clutter
     return {
         "pose": ypr,
-        "theta_rest": np.concatenate([t, [logs], alpha]).astype(np.float32),
+        "translation": np.asarray(t, np.float32),
+        "log_scale": np.float32(logs),
+        "alpha": np.asarray(alpha, np.float32),
         "light_direction": light.astype(np.float32),
         "ambient": np.float32(rng.uniform(0.25, 0.6)),
         "diffuse": np.float32(rng.uniform(0.45, 0.9)),
@@ -357,7 +360,8 @@ def sample_scenes(
     scenes = {k: np.stack([raw[k] for raw in raws]) for k in raws[0]}
     rotation = geometry.yaw_pitch_roll_to_matrix(scenes["pose"].astype(np.float32))
     r = np.asarray(geometry.matrix_to_axis_angle(rotation), np.float32)
-    scenes["theta"] = np.concatenate([r, scenes.pop("theta_rest")], axis=1)
+    parts = (scenes.pop("translation"), scenes.pop("log_scale"), scenes.pop("alpha"))
+    scenes["theta"] = theta_lib.merge(r, *parts).astype(np.float32)
     return scenes
 
 
@@ -620,7 +624,7 @@ class FaceRenderer:
         the same numbers, computed by BLAS instead of 10^5-point elementwise loops.
         """
         size = self.config.image_size
-        r, t, logs, alpha = geometry.split_theta(theta)
+        r, t, logs, alpha = theta_lib.split(theta)
         rot = geometry.axis_angle_to_matrix(r)
         scale = geometry.log_scale_to_scale(logs)
         # image_frame_to_pixels is affine per axis: col = c0 + cx x, row = r0 + ry y.
@@ -656,8 +660,8 @@ class FaceRenderer:
 
         # 1. Per-vertex shading, one [B, N] array per coordinate and channel (the
         # [B, N, 3] form makes XLA recompute the reductions per channel).
-        rot = geometry.axis_angle_to_matrix(theta[:, :3])
-        alpha = theta[:, 6:]
+        rot = geometry.axis_angle_to_matrix(theta_lib.rotation(theta))
+        alpha = theta_lib.shape_weights(theta)
         model_normal = [
             arrays["normal0"][k][None] + alpha @ arrays["d_normals"][k] for k in range(3)
         ]

@@ -23,7 +23,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from jax3dmmstn.data.render import FaceRenderer, RenderConfig
-from jax3dmmstn.morphable_model import MorphableModel
+from jax3dmmstn.facemodel.morphable_model import MorphableModel
 
 STREAMS = {"train": 0, "heldout": 1}
 _IDENTITY_STREAM = 2

@@ -71,7 +71,7 @@ def landmark_nme(predicted: np.ndarray, target: np.ndarray, visible: np.ndarray)
 
 def rotation_to_yaw_pitch_roll(rotation: np.ndarray) -> np.ndarray:
     """[B, 3, 3] -> [B, 3] degrees, with the lead's convention (geometry module)."""
-    from jax3dmmstn import geometry
+    from jax3dmmstn.core import geometry
 
     return np.asarray(geometry.matrix_to_yaw_pitch_roll(np.asarray(rotation, np.float32)))
 
@@ -155,7 +155,7 @@ def save_landmark_snapshot(
 
     images [B, H, W, C] (0..255 or 0..1), landmarks [B, L, 2] in the image frame.
     """
-    from jax3dmmstn import geometry
+    from jax3dmmstn.core import geometry
 
     plt = _pyplot()
     images = np.asarray(images)

@@ -35,7 +35,7 @@ import scipy.sparse
 import scipy.sparse.csgraph
 import scipy.sparse.linalg
 
-from jax3dmmstn.morphable_model import (
+from jax3dmmstn.facemodel.morphable_model import (
     LANDMARK_FLIPS,
     MorphableModel,
     PathLike,
@@ -425,7 +425,7 @@ def build_bfm_model_from_arrays(
         provenance=provenance
         or json.dumps(
             {
-                "builder": "jax3dmmstn.bfm",
+                "builder": "jax3dmmstn.facemodel.bfm",
                 "resolution": resolution,
                 "n_identity": n_identity,
                 "n_expression": basis.shape[2] - n_identity,
@@ -484,7 +484,7 @@ def build_bfm_model(
         }
     provenance = json.dumps(
         {
-            "builder": "jax3dmmstn.bfm.build_bfm_model",
+            "builder": "jax3dmmstn.facemodel.bfm.build_bfm_model",
             "bfm": Path(bfm_path).name,
             "uv": Path(uv_path).name,
             "expression": None if expression_path is None else Path(expression_path).name,

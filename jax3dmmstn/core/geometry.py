@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax3dmmstn.core import theta as theta_lib
+
 # Below this angle (radians) sin(t)/t and (1-cos t)/t^2 come from their Taylor
 # series through t^8; the truncation error there is < t^10/4e7 < 3e-17, below
 # float64 precision, and above it the closed forms are accurate to the last bit
@@ -388,19 +390,6 @@ def select_landmarks(points: jax.Array, indices) -> jax.Array:
     return points[:, idx, :]
 
 
-def split_theta(theta: jax.Array):
-    """Splits theta ``[B, 6 + D]`` into r ``[B, 3]``, t ``[B, 2]``, logs ``[B]``, alpha ``[B, D]``."""
-    theta = jnp.asarray(theta)
-    if theta.ndim != 2 or theta.shape[1] < 6:
-        raise ValueError(f"theta must be [B, 6 + D], got {theta.shape}")
-    return theta[:, 0:3], theta[:, 3:5], theta[:, 5], theta[:, 6:]
-
-
-def merge_theta(r: jax.Array, t: jax.Array, logs: jax.Array, alpha: jax.Array) -> jax.Array:
-    """Inverse of ``split_theta``: ``[B, 3]``, ``[B, 2]``, ``[B]``, ``[B, D]`` -> ``[B, 6 + D]``."""
-    return jnp.concatenate([r, t, logs[:, None], alpha], axis=1)
-
-
 def project_theta(
     theta: jax.Array, mean: jax.Array, basis: jax.Array, parametrisation: str = "matconvnet"
 ) -> Projection:
@@ -415,7 +404,8 @@ def project_theta(
       A ``Projection`` with ``points2d`` ``[B, N, 2]`` in the image frame.
     """
     _check_finite("theta", theta)
-    r, t, logs, alpha = split_theta(theta)
+    theta_lib.check(theta)
+    r, t, logs, alpha = theta_lib.split(theta)
     vertices = morphable_shape(mean, basis, alpha)
     rot = axis_angle_to_matrix(r)
     rotated = rotate(vertices, rot)

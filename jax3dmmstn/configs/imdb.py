@@ -13,11 +13,11 @@ compute is a flag away on accelerators (--config.model.dtype=bfloat16).
 
 import ml_collections
 
-from jax3dmmstn.config_files import load_sibling_config
+from jax3dmmstn.configs import load_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = load_sibling_config(__file__, "matconvnet")
+    config = load_config("matconvnet")
     config.name = "imdb"
     config.data.eval_size = 1024
     config.model.init_head_from_data = True

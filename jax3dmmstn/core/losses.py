@@ -6,7 +6,7 @@ number of contributing terms, which keeps learning rates independent of the
 batch size.
 
 The texture losses take explicit visibility masks (``[B, H, W, 1]`` or
-``[B, H, W, C]``, e.g. ``jax3dmmstn.visibility.visibility_mask``). The original
+``[B, H, W, C]``, e.g. ``jax3dmmstn.core.visibility.visibility_mask``). The original
 has no masks there: it treats a texture value of exactly 0 as "not visible"
 (the masked texture is 0 where the mask is) and normalises by the number of
 non-zero values. ``nonzero_as_mask=True`` reproduces that rule.

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-from jax3dmmstn import geometry, sampler, visibility
+from jax3dmmstn.core import geometry
+from jax3dmmstn.core.stn import compose_from_theta
 
 
 def _to_uint8(image) -> np.ndarray:
@@ -61,13 +62,17 @@ def sample_uv_texture(images, theta, mean, basis, faces, parametrisation: str = 
     images = jnp.asarray(images, jnp.float32)
     if images.ndim != 4:
         raise ValueError(f"images must be [B, H, W, C], got {images.shape}")
-    projection = geometry.project_theta(
-        jnp.asarray(theta, jnp.float32), mean, basis, parametrisation
+    out = compose_from_theta(
+        jnp.asarray(theta, jnp.float32),
+        images,
+        mean=mean,
+        basis=basis,
+        faces=faces,
+        resolution=geometry.grid_resolution(np.shape(mean)[0]),
+        image_size=images.shape[1:3],
+        scale_parametrisation=parametrisation,
     )
-    grid = geometry.points_to_grid(projection.points2d, images.shape[1:3])
-    texture = sampler.bilinear_sample(images, grid)
-    mask = visibility.visibility_mask(projection.rotated, faces)
-    return texture, mask, projection.points2d
+    return out["texture"], out["mask"], out["points2d"]
 
 
 def average_textures(textures, masks, eps: float = 1e-6):

@@ -77,7 +77,7 @@ INTENDED_DIFFERENCES = {
         "vl_nnvisibilitymask accumulates vertex normals with normals(v,:) = "
         "normals(v,:) + w, which keeps one face's contribution per vertex when an "
         "index repeats. jax3dmmstn.matconvnet.vl_nnvisibilitymask reproduces this "
-        "(and is compared); the model (jax3dmmstn.visibility, and "
+        "(and is compared); the model (jax3dmmstn.core.visibility, and "
         "vl_nnvisibilitymask(..., accumulate=True)) sums every contribution. The "
         "row below counts the vertices where the two masks differ."
     ),

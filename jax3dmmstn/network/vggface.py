@@ -1,4 +1,4 @@
-"""Import MatConvNet's ``vgg-face.mat`` (a simplenn network) into :class:`~jax3dmmstn.model.VGG16`.
+"""Import MatConvNet's ``vgg-face.mat`` (a simplenn network) into :class:`~jax3dmmstn.network.localisers.VGG16`.
 
 The file (http://www.vlfeat.org/matconvnet/models/vgg-face.mat) holds ``layers``: a cell array of
 structs with ``name``, ``type`` ('conv', 'relu', 'pool', 'softmax', ...), for convolutions
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import scipy.io
 
-from jax3dmmstn.model import VGG16_BLOCKS
+from jax3dmmstn.network.localisers import VGG16_BLOCKS
 
 CONV_LAYERS = tuple(name for names, _ in VGG16_BLOCKS for name in names) + ("fc6", "fc7")
 

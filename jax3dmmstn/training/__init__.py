@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jax3dmmstn import losses as loss_lib
+from jax3dmmstn.core import losses as loss_lib
+from jax3dmmstn.core import theta as theta_lib
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ def compute_losses(
         pixels**2); prior = sum / global batch size.
     The texture terms are the original's in both cases: sum of squared differences over the
     global batch divided by the global number of visible texture values (the sums come from
-    :mod:`jax3dmmstn.losses`, the counts are combined across devices here).
+    :mod:`jax3dmmstn.core.losses`, the counts are combined across devices here).
     ``siamese_mirror_pairs`` flips the second member of a pair before comparing (right for an
     image and its mirror; the original does not flip).
     Returns {'landmark', 'prior', 'siamese', 'symmetry', 'total'}; zero-weight texture terms
@@ -439,12 +440,12 @@ class Checkpointer:
 # --------------------------------------------------------------------------------------------
 def build_morphable_model(config):
     """config.morphable_model: kind 'synthetic' | 'npz' | 'matconvnet' (+ path, ...)."""
-    from jax3dmmstn import morphable_model as mm_lib
+    from jax3dmmstn.facemodel import morphable_model as mm_lib
 
     mm_config = config.morphable_model
     kind = mm_config.kind
     if kind == "synthetic":
-        from jax3dmmstn.synthetic_model import synthetic_face_model
+        from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
         return synthetic_face_model(
             resolution=int(mm_config.resolution),
@@ -462,7 +463,7 @@ def build_morphable_model(config):
 
 
 def build_model(config, morphable_model):
-    from jax3dmmstn import model as model_lib
+    from jax3dmmstn.network import model as model_lib
 
     m = config.model
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(m.get("dtype", "float32"))
@@ -491,7 +492,7 @@ def init_params(model, config, rng) -> PyTree:
     params = jax.device_get(params)
     path = config.model.get("vggface_path", "")
     if path:
-        from jax3dmmstn import vggface_import
+        from jax3dmmstn.network import vggface as vggface_import
 
         params = vggface_import.load_into_params(params, vggface_import.read_vggface(path))
     return params
@@ -527,7 +528,7 @@ def init_head_from_landmarks(
     frontal mean face's landmarks onto the mean training landmarks [B, L, 2] (visible ones,
     image frame), so that training starts with faces of the right size in the right place.
     """
-    from jax3dmmstn import geometry
+    from jax3dmmstn.core import geometry
 
     visible = np.asarray(visible, np.float64)
     counts = visible.sum(axis=0)
@@ -541,8 +542,8 @@ def init_head_from_landmarks(
     logs = float(geometry.scale_to_log_scale(np.float32(scale), parametrisation))
     head = params["theta_head"]["dense"]
     bias = np.array(head["bias"], np.float32)
-    bias[3:5] = translation
-    bias[5] = logs
+    bias[theta_lib.TRANSLATION] = translation
+    bias[theta_lib.LOG_SCALE] = logs
     new = dict(params)
     new["theta_head"] = {"dense": dict(head, bias=bias)}
     return new
@@ -761,7 +762,8 @@ def evaluate(
     NME always; pose error (degrees) and 3D shape error (model units) when batches carry the
     ground-truth 'theta' [b, 6+D] (synthetic data).
     """
-    from jax3dmmstn import evaluation, geometry
+    from jax3dmmstn import evaluation
+    from jax3dmmstn.core import geometry
 
     per_image: dict[str, list] = {"nme": []}
     first = None
@@ -779,7 +781,7 @@ def evaluate(
         )
         if "theta" in batch:
             theta = np.asarray(batch["theta"], np.float32)
-            r, _, _, alpha = geometry.split_theta(theta)
+            r, _, _, alpha = theta_lib.split(theta)
             true_rotation = np.asarray(geometry.axis_angle_to_matrix(r))
             errors = evaluation.pose_errors(out["R"], true_rotation)
             per_image.setdefault("pose_mae_deg", []).append(errors["mae"])

@@ -20,13 +20,15 @@ from typing import List, Optional
 
 import numpy as np
 
+from jax3dmmstn.core import theta as theta_lib
+
 
 def load_model(spec: str, landmarks_path: Optional[str] = None):
     """MODEL argument -> MorphableModel: 'synthetic', a native .npz or the original's model.mat."""
-    from jax3dmmstn import morphable_model as mm
+    from jax3dmmstn.facemodel import morphable_model as mm
 
     if spec == "synthetic":
-        from jax3dmmstn.synthetic_model import synthetic_face_model
+        from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
         model = synthetic_face_model()
     elif spec.endswith(".npz"):
@@ -125,7 +127,7 @@ def write_results(
         )
         texture, mask, points2d = map(np.asarray, (texture, mask, points2d))
     for i, name in enumerate(names):
-        vertices = model.shape(np.asarray(theta[i, 6:]))
+        vertices = model.shape(np.asarray(theta_lib.shape_weights(theta[i])))
         if model.resolution:
             per_image[i]["files"] = outputs.write_fit_outputs(
                 out_dir,
@@ -195,7 +197,8 @@ def fit_main(argv: Optional[List[str]] = None) -> int:
     )
     parser.add_argument("--mirror-pairs", action="store_true")
     args = parser.parse_args(argv)
-    from jax3dmmstn import fitting, geometry
+    from jax3dmmstn import fitting
+    from jax3dmmstn.core import geometry
 
     try:
         model = load_model(args.model, args.landmarks)
@@ -239,7 +242,7 @@ def fit_main(argv: Optional[List[str]] = None) -> int:
     fitted = np.asarray(fitting.project_landmarks(theta, mean_l, basis_l))
     rmse = np.asarray(fitting.landmark_rmse(fitted, landmarks, visible))
     yaw_pitch_roll = np.asarray(
-        geometry.matrix_to_yaw_pitch_roll(geometry.axis_angle_to_matrix(theta[:, :3]))
+        geometry.matrix_to_yaw_pitch_roll(geometry.axis_angle_to_matrix(theta_lib.rotation(theta)))
     )
     per_image = [
         {
@@ -323,7 +326,8 @@ def predict_main(argv: Optional[List[str]] = None) -> int:
         import ml_collections
         import orbax.checkpoint as ocp
         from PIL import Image
-        from jax3dmmstn import geometry, training
+        from jax3dmmstn import training
+        from jax3dmmstn.core import geometry
     except ImportError as error:
         print(f"predict: error: cannot import the training code ({error})", file=sys.stderr)
         return 2

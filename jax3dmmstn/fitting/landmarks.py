@@ -35,7 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax3dmmstn import geometry
+from jax3dmmstn.core import geometry
+from jax3dmmstn.core import theta as theta_lib
 
 # Minimum number of visible landmarks per image: the affine pose has 8 unknowns
 # (4 per image axis), so fewer than 4 points leave it undetermined.
@@ -106,7 +107,7 @@ def landmark_rmse(predicted, target, visibility):
     return jnp.sqrt(jnp.sum(visibility * squared, -1) / count)
 
 
-def _check_inputs(landmarks, visibility, n_landmarks):
+def check_landmark_inputs(landmarks, visibility, n_landmarks):
     """Numpy validation at the public boundary; returns cleaned float32 arrays."""
     landmarks = np.asarray(landmarks, np.float32)
     if landmarks.ndim != 3 or landmarks.shape[2] != 2:
@@ -151,7 +152,7 @@ def _initial_pose_single(points3d, points2d, weights, parametrisation):
       points2d: ``[L, 2]`` image-frame landmarks.
       weights: ``[L]``.
     Returns:
-      ``[6]`` (r, t, logs).
+      (r ``[3]``, t ``[2]``, logs ``[]``).
     """
     w = weights / jnp.sum(weights)
     centre3 = w @ points3d
@@ -170,7 +171,7 @@ def _initial_pose_single(points3d, points2d, weights, parametrisation):
     translation = centre2 - scale * rows @ centre3
     r = geometry.matrix_to_axis_angle(rotation)
     logs = geometry.scale_to_log_scale(scale, parametrisation)
-    return jnp.concatenate([r, translation, logs[None]])
+    return r, translation, logs
 
 
 def initial_theta(landmarks, visibility, mean_l, basis_l, parametrisation="matconvnet"):
@@ -183,18 +184,20 @@ def initial_theta(landmarks, visibility, mean_l, basis_l, parametrisation="matco
     Returns:
       ``[B, 6 + D]``.
     """
-    pose = jax.vmap(_initial_pose_single, in_axes=(None, 0, 0, None))(
+    r, t, logs = jax.vmap(_initial_pose_single, in_axes=(None, 0, 0, None))(
         mean_l, landmarks, visibility, parametrisation
     )
-    alpha = jnp.zeros((landmarks.shape[0], basis_l.shape[2]), pose.dtype)
-    return jnp.concatenate([pose, alpha], axis=1)
+    alpha = jnp.zeros((landmarks.shape[0], basis_l.shape[2]), r.dtype)
+    return theta_lib.merge(r, t, logs, alpha)
 
 
 def _residuals(params, target, weights, mean_l, basis_l, prior_weight, parametrisation):
     """Residual vector ``[2L + D]`` of one image: sqrt(w) (P - y) and sqrt(prior) alpha."""
     predicted = project_landmarks(params[None], mean_l, basis_l, parametrisation)[0]
     landmark_part = (jnp.sqrt(weights)[:, None] * (predicted - target)).reshape(-1)
-    return jnp.concatenate([landmark_part, jnp.sqrt(prior_weight) * params[6:]])
+    return jnp.concatenate(
+        [landmark_part, jnp.sqrt(prior_weight) * theta_lib.shape_weights(params)]
+    )
 
 
 def _levenberg_marquardt_single(
@@ -322,7 +325,7 @@ def fit_landmarks(
         raise ValueError(f"prior_weight must be finite and >= 0, got {prior_weight}")
     if max_iterations < 0:
         raise ValueError(f"max_iterations must be >= 0, got {max_iterations}")
-    landmarks, visibility = _check_inputs(landmarks, visibility, mean_l.shape[0])
+    landmarks, visibility = check_landmark_inputs(landmarks, visibility, mean_l.shape[0])
     return _fit_jit(
         jnp.asarray(landmarks),
         jnp.asarray(visibility),
@@ -364,11 +367,9 @@ class OriginalFitResult(NamedTuple):
 def original_initial_theta(key, batch: int, n_components: int, image_size: int = 224) -> jax.Array:
     """demo.m's start: r = 0, t = image_size / 2, logs = 1, alpha ~ N(0, 1). ``[B, 6+D]``."""
     alpha = jax.random.normal(key, (batch, n_components), jnp.float32)
-    pose = jnp.concatenate(
-        [jnp.zeros((batch, 3)), jnp.full((batch, 2), image_size / 2.0), jnp.ones((batch, 1))],
-        axis=1,
+    return theta_lib.merge(
+        jnp.zeros((batch, 3)), jnp.full((batch, 2), image_size / 2.0), jnp.ones(batch), alpha
     )
-    return jnp.concatenate([pose, alpha], axis=1)
 
 
 def _original_impl(
@@ -392,9 +393,10 @@ def _original_impl(
         return jnp.sum(residual * (predicted - landmarks))
 
     value_and_grad = jax.value_and_grad(loss_fn)
-    factor = jnp.concatenate(
-        [jnp.ones(6), jnp.full(theta0.shape[1] - 6, alpha_gradient_factor)]
-    ).astype(theta0.dtype)
+    parts = theta_lib.part_names(theta_lib.n_components(theta0))
+    factor = jnp.asarray(
+        [alpha_gradient_factor if part == "alpha" else 1.0 for part in parts], theta0.dtype
+    )
 
     def cond(state):
         _, _, change, iteration = state
@@ -451,7 +453,7 @@ def fit_landmarks_original(
     mean = jnp.asarray(mean, jnp.float32)
     basis = jnp.asarray(basis, jnp.float32)
     idx = np.asarray(landmark_indices, np.int32)
-    landmarks, visibility = _check_inputs(landmarks, visibility, idx.size)
+    landmarks, visibility = check_landmark_inputs(landmarks, visibility, idx.size)
     key = jax.random.PRNGKey(0) if key is None else key
     theta0 = original_initial_theta(key, landmarks.shape[0], basis.shape[2], image_size)
     theta, loss, iterations = _original_jit(
@@ -476,154 +478,3 @@ def rotation_angle_error(rotation_a, rotation_b):
     relative = jnp.swapaxes(rotation_a, -1, -2) @ rotation_b
     cos = (jnp.trace(relative, axis1=-2, axis2=-1) - 1.0) / 2.0
     return jnp.rad2deg(jnp.arccos(jnp.clip(cos, -1.0, 1.0)))
-
-
-# ------------------------------------------------------------------------------
-# Texture terms: refine a landmark fit with the original's symmetry / siamese losses.
-# ------------------------------------------------------------------------------
-class TextureLossWeights(NamedTuple):
-    """Weights of the refinement objective (defaults: the original's loss weights)."""
-
-    landmark: float = 0.8998
-    prior: float = 0.1
-    symmetry: float = 1e-4
-    siamese: float = 0.0
-
-
-# Adam's steps are about one learning rate per coordinate and step; theta's
-# parts live on very different scales (radians, pixels, log-scale, std. devs.).
-_REFINE_STEP_SCALE = {"r": 1e-3, "t": 5e-2, "logs": 5e-2, "alpha": 1e-2}
-
-
-def texture_objective(
-    theta,
-    images,
-    mean,
-    basis,
-    faces,
-    landmark_index,
-    landmarks,
-    visibility,
-    weights: TextureLossWeights,
-    mirror_pairs: bool,
-    parametrisation: str,
-):
-    """Landmark + prior + texture losses of theta ``[B, 6+D]`` on ``images [B, H, W, C]``.
-
-    The texture is the STN's: the image sampled on the projected UV grid, masked by
-    the self-occlusion mask. Returns (total, dict of the terms).
-    """
-    # Imported here: only this path needs the STN module (and Flax) and the losses.
-    from jax3dmmstn import losses
-    from jax3dmmstn.model import compose_from_theta
-
-    stn = compose_from_theta(
-        theta,
-        images,
-        mean=mean,
-        basis=basis,
-        faces=faces,
-        landmark_index=landmark_index,
-        resolution=geometry.grid_resolution(mean.shape[0]),
-        image_size=images.shape[1:3],
-        scale_parametrisation=parametrisation,
-    )
-    texture, mask = stn["masked_texture"], stn["mask"]
-    terms = {
-        "landmark": losses.landmark_loss(stn["landmarks"], landmarks, visibility),
-        "prior": losses.prior_loss(theta[:, 6:]),
-        "symmetry": losses.symmetry_loss(texture, mask),
-    }
-    if weights.siamese:
-        terms["siamese"] = losses.siamese_loss(texture, mask, mirror_pairs=mirror_pairs)
-    total = sum(getattr(weights, name) * value for name, value in terms.items())
-    return total, terms
-
-
-def refine_with_texture(
-    theta,
-    images,
-    model,
-    landmarks,
-    visibility=None,
-    landmark_set: str = "aflw21",
-    weights: TextureLossWeights = TextureLossWeights(),
-    steps: int = 100,
-    learning_rate: float = 1.0,
-    mirror_pairs: bool = True,
-    parametrisation: str = "matconvnet",
-):
-    """Refines theta with the symmetry (and siamese) terms on the sampled texture.
-
-    Starts from ``theta`` (e.g. ``fit_model_landmarks(...).theta``) and runs ``steps``
-    Adam steps on ``weights.landmark * landmark + weights.prior * prior +
-    weights.symmetry * symmetry [+ weights.siamese * siamese]``, all as the STN
-    computes them. With ``weights.siamese`` the batch must hold pairs (2i, 2i+1) of
-    the same face; ``mirror_pairs`` flips the second texture (an image and its mirror).
-
-    Args:
-      theta: ``[B, 6+D]`` starting point.
-      images: ``[B, H, W, C]`` float images (row 0 at the top).
-      model: a ``MorphableModel`` on a UV grid.
-      landmarks: ``[B, L, 2]`` image-frame landmarks; visibility ``[B, L]`` or None.
-      learning_rate: multiplies the per-part step sizes (radians 1e-3, pixels and
-        log-scale 5e-2, alpha 1e-2 per step).
-    Returns:
-      (theta ``[B, 6+D]``, dict of the final loss terms).
-    """
-    theta = jnp.asarray(theta, jnp.float32)
-    images = jnp.asarray(images, jnp.float32)
-    if images.ndim != 4 or images.shape[0] != theta.shape[0]:
-        raise ValueError(
-            f"images must be [B, H, W, C] with B = {theta.shape[0]}, got {images.shape}"
-        )
-    if landmark_set not in model.landmarks:
-        raise ValueError(f"the model has no landmark set {landmark_set!r}")
-    landmarks, visibility = _check_inputs(landmarks, visibility, len(model.landmarks[landmark_set]))
-    if weights.siamese and theta.shape[0] % 2:
-        raise ValueError("the siamese term needs pairs: an even batch")
-    constants = dict(
-        images=images,
-        mean=jnp.asarray(model.mean, jnp.float32),
-        basis=jnp.asarray(model.basis, jnp.float32),
-        faces=jnp.asarray(model.faces, jnp.int32),
-        landmark_index=jnp.asarray(model.landmarks[landmark_set], jnp.int32),
-        landmarks=landmarks,
-        visibility=visibility,
-    )
-    return _refine_jit(
-        theta, constants, weights, mirror_pairs, parametrisation, float(learning_rate), int(steps)
-    )
-
-
-def _refine_impl(theta, constants, weights, mirror_pairs, parametrisation, learning_rate, steps):
-    import optax
-
-    n_alpha = theta.shape[1] - 6
-    parts = ("r",) * 3 + ("t",) * 2 + ("logs",) + ("alpha",) * n_alpha
-    step_scale = jnp.asarray([_REFINE_STEP_SCALE[p] for p in parts], theta.dtype)
-    optimizer = optax.chain(
-        optax.scale_by_adam(), optax.scale(-learning_rate), optax.scale(step_scale)
-    )
-
-    def objective(params):
-        return texture_objective(
-            params,
-            weights=weights,
-            mirror_pairs=mirror_pairs,
-            parametrisation=parametrisation,
-            **constants,
-        )
-
-    grad_fn = jax.grad(lambda p: objective(p)[0])
-
-    def step(_, carry):
-        params, state = carry
-        updates, state = optimizer.update(grad_fn(params), state, params)
-        return params + updates, state
-
-    theta, _ = jax.lax.fori_loop(0, steps, step, (theta, optimizer.init(theta)))
-    return theta, objective(theta)[1]
-
-
-_refine_jit = jax.jit(_refine_impl, static_argnums=(2, 3, 4, 5, 6))

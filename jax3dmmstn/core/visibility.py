@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax3dmmstn import geometry
+from jax3dmmstn.core import geometry
 
 
 def _check_faces(faces, n_vertices: int):

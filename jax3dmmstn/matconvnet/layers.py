@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax3dmmstn import geometry
-from jax3dmmstn import losses
-from jax3dmmstn import sampler
-from jax3dmmstn import visibility
+from jax3dmmstn.core import geometry
+from jax3dmmstn.core import losses
+from jax3dmmstn.core import sampler
+from jax3dmmstn.core import visibility
 
 # The original's grid layer centres and scales by this literal (224 x 224 input).
 _ORIGINAL_GRID_HALF_SIZE = 112.0
@@ -339,7 +339,7 @@ def vl_nnbilinearsampler(X, grid, dY=None):
     Returns:
       ``Y`` ``Ho x Wo x C x No`` (forward) or ``(dX, dGrid)`` (backward). Follows
       the CUDA kernel at the first pixel's border strip (see
-      ``jax3dmmstn.sampler``).
+      ``jax3dmmstn.core.sampler``).
     """
     X = _with_ndim4(_as_float(X, "X"), "X", (None, None, None, None))
     grid = _with_ndim4(_as_float(grid, "grid"), "grid", (2, None, None, None))
@@ -377,7 +377,7 @@ def vl_nnvisibilitymask(X, faces, accumulate=False):
     accumulation ``normals(v1,:) = normals(v1,:) + w``, which for a vertex that
     appears several times as a face's first (second, third) corner keeps only the
     last such face's contribution. ``accumulate=True`` sums every contribution
-    instead (``jax3dmmstn.visibility``'s behaviour). There is no backward: the
+    instead (``jax3dmmstn.core.visibility``'s behaviour). There is no backward: the
     mask carries no gradient.
 
     Args:

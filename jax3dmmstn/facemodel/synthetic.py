@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jax3dmmstn.morphable_model import (
+from jax3dmmstn.facemodel.morphable_model import (
     AFLW21_FLIP,
     IBUG68_FLIP,
     MorphableModel,

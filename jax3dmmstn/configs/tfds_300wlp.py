@@ -13,11 +13,11 @@ tfds.data_source reads them without TensorFlow. Evaluation is the 3DDFA protocol
 
 import ml_collections
 
-from jax3dmmstn.config_files import load_sibling_config
+from jax3dmmstn.configs import load_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = load_sibling_config(__file__, "imdb")
+    config = load_config("imdb")
     config.name = "tfds_300wlp"
     config.model.landmarks = "ibug68"
     config.data = ml_collections.ConfigDict(

@@ -1,6 +1,6 @@
 """Command line: build the STN's grid model from the Basel Face Model (+ 3DDFA expressions).
 
-    python -m jax3dmmstn.prepare_model --bfm 01_MorphableModel.mat --uv BFM_UV.mat \\
+    python -m jax3dmmstn.facemodel.prepare --bfm 01_MorphableModel.mat --uv BFM_UV.mat \\
         [--expression Model_Expression.mat --tddfa-map map_tddfa_to_basel.mat] \\
         [--resolution 112] [--identity 5] [--expressions 5] [--landmarks21 Landmarks21_BFM.anl] \\
         --out model.npz
@@ -17,12 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-from jax3dmmstn.bfm import build_bfm_model
+from jax3dmmstn.facemodel.bfm import build_bfm_model
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m jax3dmmstn.prepare_model",
+        prog="python -m jax3dmmstn.facemodel.prepare",
         description="Resample the BFM (+ 3DDFA expressions) to a res x res UV grid model (.npz).",
     )
     parser.add_argument(
