@@ -7,7 +7,7 @@ import pytest
 
 from jax3dmmstn.core import geometry
 from jax3dmmstn.core import sampler
-from jax3dmmstn.data import preprocess, render, synthetic
+from jax3dmmstn.data import preprocess, render, surface, synthetic
 from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
 SIZE = 128
@@ -299,16 +299,16 @@ def test_splatted_vertices_are_where_project_theta_puts_them(model, plain):
 def test_subdivision_samples_reproduce_the_vertices(model):
     factors = np.full((model.resolution - 1,) * 2, 3)
     factors[:10] = 1
-    corners, weights, coords = render.subdivision(model.resolution, factors)
+    corners, weights, coords = surface.subdivision(model.resolution, factors)
     n = model.n_vertices
     np.testing.assert_array_equal(corners[:n, 0], np.arange(n))
     np.testing.assert_allclose(weights.sum(1), 1.0)
     assert len(coords) == n + 8 * np.sum(factors == 3)
-    samples = render.subdivide(model.mean, corners, weights)
+    samples = surface.subdivide(model.mean, corners, weights)
     np.testing.assert_allclose(samples[:n], model.mean, atol=1e-5)
     # A sample's (row, col) grid coordinates interpolate the vertex grid positions.
     grid_rc = np.stack(np.divmod(np.arange(n), model.resolution), 1)
-    np.testing.assert_allclose(render.subdivide(grid_rc, corners, weights), coords, atol=1e-5)
+    np.testing.assert_allclose(surface.subdivide(grid_rc, corners, weights), coords, atol=1e-5)
 
 
 def test_bad_configs_are_rejected(model):
