@@ -76,30 +76,33 @@ def test_landmark_loss_values():
     pred = jnp.array([[[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]]])
     target = jnp.array([[[1.0, 0.0], [0.0, 0.0], [jnp.nan, jnp.nan]]])
     vis = jnp.array([[1.0, 1.0, 0.0]])
-    assert float(L.landmark_loss(pred, target, vis)) == 4 + 9 + 16
+    assert float(L.landmark_loss(pred, target, vis, reduction="sum")) == 4 + 9 + 16
     assert float(L.landmark_loss(pred, target, vis, reduction="mean")) == 29 / 2
-    grad = jax.grad(L.landmark_loss)(pred, target, vis)
+    grad = jax.grad(lambda p: L.landmark_loss(p, target, vis, reduction="sum"))(pred)
     np.testing.assert_array_equal(grad, [[[0, 4], [6, 8], [0, 0]]])
 
 
 def test_prior_loss():
     alpha = jnp.array([[1.0, -2.0], [3.0, 0.0]])
-    assert float(L.prior_loss(alpha)) == 14
-    assert float(L.prior_loss(alpha, "mean")) == 7
+    assert float(L.prior_loss(alpha, reduction="sum")) == 14
+    assert float(L.prior_loss(alpha, reduction="mean")) == 7
 
 
 def test_symmetry_loss_values():
     tex = jnp.array([1.0, 2.0, 0.0, 5.0]).reshape(1, 1, 4, 1)
     mask = jnp.array([1.0, 1.0, 1.0, 1.0]).reshape(1, 1, 4, 1)
     # Pairs (0, 3), (1, 2): squared differences 16 + 4, each counted twice.
-    assert float(L.symmetry_loss(tex, mask)) == pytest.approx(40 / 4)
+    assert float(L.symmetry_loss(tex, mask, reduction="mean")) == pytest.approx(40 / 4)
+    assert float(L.symmetry_loss(tex, mask, reduction="sum")) == pytest.approx(40)
     # The original's rule: zeros are invisible -> only (0, 3) counts, 3 non-zero.
-    assert float(L.symmetry_loss(tex, None, nonzero_as_mask=True)) == pytest.approx(32 / 3)
+    assert float(
+        L.symmetry_loss(tex, None, nonzero_as_mask=True, reduction="mean")
+    ) == pytest.approx(32 / 3)
     # A symmetric texture costs nothing.
     sym = jnp.array([1.0, 2.0, 2.0, 1.0]).reshape(1, 1, 4, 1)
-    assert float(L.symmetry_loss(sym, mask)) == 0.0
+    assert float(L.symmetry_loss(sym, mask, reduction="mean")) == 0.0
     with pytest.raises(ValueError, match="visibility mask"):
-        L.symmetry_loss(tex)
+        L.symmetry_loss(tex, reduction="mean")
 
 
 def test_siamese_loss_values():
@@ -113,12 +116,48 @@ def test_siamese_loss_values():
     )
     mask = jnp.ones((4, 2, 2, 1)).at[0, 0, 0].set(0)
     # Pair 1: 3 visible texels of diff 2 -> 12; pair 2: 0. Count of visible = 15.
-    assert float(L.siamese_loss(tex, mask)) == pytest.approx(12 / 15)
+    assert float(L.siamese_loss(tex, mask, reduction="mean")) == pytest.approx(12 / 15)
     assert float(L.siamese_loss(tex, mask, reduction="sum")) == pytest.approx(12)
     ramp = jnp.arange(4.0).reshape(1, 1, 4, 1)
     pair = jnp.concatenate([ramp, jnp.flip(ramp, 2)])
     ones = jnp.ones_like(pair)
-    assert float(L.siamese_loss(pair, ones, mirror_pairs=True)) == 0.0
-    assert float(L.siamese_loss(pair, ones)) > 0
+    assert float(L.siamese_loss(pair, ones, mirror_pairs=True, reduction="mean")) == 0.0
+    assert float(L.siamese_loss(pair, ones, reduction="mean")) > 0
     with pytest.raises(ValueError, match="even"):
-        L.siamese_loss(tex[:3], mask[:3])
+        L.siamese_loss(tex[:3], mask[:3], reduction="mean")
+
+
+def test_reduction_is_required_and_checked():
+    alpha = jnp.ones((2, 3))
+    tex, mask = jnp.ones((2, 2, 2, 1)), jnp.ones((2, 2, 2, 1))
+    pred = jnp.zeros((1, 3, 2))
+    for call in (
+        lambda **kw: L.landmark_loss(pred, pred, **kw),
+        lambda **kw: L.prior_loss(alpha, **kw),
+        lambda **kw: L.symmetry_loss(tex, mask, **kw),
+        lambda **kw: L.siamese_loss(tex, mask, **kw),
+    ):
+        with pytest.raises(TypeError, match="reduction"):
+            call()
+        with pytest.raises(ValueError, match="reduction must be one of"):
+            call(reduction="avg")
+    with pytest.raises(TypeError):
+        L.prior_loss(alpha, "sum")  # keyword only: the choice is named at the call
+
+
+def test_face_normals_orientation_and_formula():
+    # One triangle, clockwise as seen from +z: the original's normal points to +z.
+    tri = jnp.array([[[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [2.0, 0.0, 0.0]]])
+    faces = np.array([[0, 1, 2]])
+    np.testing.assert_array_equal(V.face_normals(tri, faces), [[[0.0, 0.0, 2.0]]])
+    # Unbatched input works, and the formula is cross(p3 - p1, p2 - p1).
+    verts, faces = _dome(6)
+    p = verts[0]
+    want = np.cross(p[faces[:, 2]] - p[faces[:, 0]], p[faces[:, 1]] - p[faces[:, 0]])
+    np.testing.assert_allclose(V.face_normals(jnp.asarray(p), faces), want, atol=1e-9)
+    # face_corner_terms and vertex_normals use it.
+    normals, angles = V.face_corner_terms(jnp.asarray(verts), jnp.asarray(faces))
+    np.testing.assert_array_equal(normals, V.face_normals(jnp.asarray(verts), faces))
+    np.testing.assert_allclose(np.sum(angles, -1), np.pi, rtol=1e-12)
+    # The dome faces the viewer, so every face normal has z > 0.
+    assert np.all(np.asarray(normals)[..., 2] > 0)

@@ -1,9 +1,11 @@
 """Losses of the 3DMM-STN: landmark, statistical prior, symmetry, siamese.
 
-The original sums every loss over the batch (hence its learning rate of 1e-10);
-``reduction="sum"`` reproduces that and ``reduction="mean"`` divides by the
-number of contributing terms, which keeps learning rates independent of the
-batch size.
+Every loss takes ``reduction`` as a required keyword, so each caller states its
+choice (a training config, or the original's): ``"sum"`` adds the terms over the
+batch, ``"mean"`` divides by the number of contributing terms, which keeps
+learning rates independent of the batch size. The original sums the landmark and
+prior losses (hence its learning rate of 1e-10) and divides the symmetry and
+siamese sums by the number of visible texture values (``"mean"``).
 
 The texture losses take explicit visibility masks (``[B, H, W, 1]`` or
 ``[B, H, W, C]``, e.g. ``jax3dmmstn.core.visibility.visibility_mask``). The original
@@ -32,7 +34,8 @@ def landmark_loss(
     predicted: jax.Array,
     target: jax.Array,
     visibility: Optional[jax.Array] = None,
-    reduction: str = "sum",
+    *,
+    reduction: str,
 ) -> jax.Array:
     """Squared landmark error over visible landmarks (the original's vl_nneuclideanloss).
 
@@ -63,7 +66,7 @@ def landmark_loss(
     return total
 
 
-def prior_loss(alpha: jax.Array, reduction: str = "sum") -> jax.Array:
+def prior_loss(alpha: jax.Array, *, reduction: str) -> jax.Array:
     """Statistical prior ``sum(alpha ** 2)`` (the original's vl_nnsse).
 
     Args:
@@ -106,7 +109,8 @@ def symmetry_loss(
     texture: jax.Array,
     mask: Optional[jax.Array] = None,
     nonzero_as_mask: bool = False,
-    reduction: str = "mean",
+    *,
+    reduction: str,
 ) -> jax.Array:
     """Bilateral symmetry of the UV texture (the original's vl_nnsymmetry).
 
@@ -135,7 +139,8 @@ def siamese_loss(
     mask: Optional[jax.Array] = None,
     nonzero_as_mask: bool = False,
     mirror_pairs: bool = False,
-    reduction: str = "mean",
+    *,
+    reduction: str,
 ) -> jax.Array:
     """Multi-view consistency of pairs (2i, 2i+1) (the original's vl_nnsiamese).
 

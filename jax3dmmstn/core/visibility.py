@@ -5,8 +5,8 @@ rotated mesh, has a non-negative z component (z points towards the viewer).
 
 Face normal convention (the original's, kept so that its models work unchanged):
 for a face (v1, v2, v3) with positions p1, p2, p3 the normal is
-``cross(p3 - p1, p2 - p1)``; each corner adds it times the corner's angle to its
-vertex. The original's MATLAB ``normals(v1,:) = normals(v1,:) + w`` keeps only
+``cross(p2 - p1, p2 - p3)`` (:func:`face_normals`, the one copy of the formula);
+each corner adds it times the corner's angle to its vertex. The original's MATLAB ``normals(v1,:) = normals(v1,:) + w`` keeps only
 one face's contribution per vertex when an index repeats; here contributions
 are summed (a true scatter-add). ``jax3dmmstn.matconvnet.vl_nnvisibilitymask``
 reproduces the original's accumulation exactly.
@@ -40,27 +40,60 @@ def _safe_normalise(v: jax.Array) -> jax.Array:
     return v / jnp.sqrt(safe)
 
 
-def face_corner_terms(vertices: jax.Array, faces: jax.Array):
-    """Face normals and corner angles, the original's formulas.
+def face_normals(vertices: jax.Array, faces) -> jax.Array:
+    """The original's face normals, not normalised (length = twice the face's area).
+
+    For a face (v1, v2, v3) at p1, p2, p3 the normal is ``cross(p2 - p1, p2 - p3)``
+    (= ``cross(p3 - p1, p2 - p1)``), the original's formula, kept operation for
+    operation so that masks match it bit for bit. Orientation: this is minus the
+    right-hand-rule normal of (p1, p2, p3), so it points towards the viewer (+z)
+    when the corners run clockwise as seen from +z, as the morphable models'
+    front-facing triangles do.
 
     Args:
-      vertices: ``[B, N, 3]``.
+      vertices: ``[..., N, 3]``.
+      faces: ``[F, 3]`` 0-based vertex indices.
+    Returns:
+      ``[..., F, 3]``.
+    """
+    p1 = vertices[..., faces[:, 0], :]
+    p2 = vertices[..., faces[:, 1], :]
+    p3 = vertices[..., faces[:, 2], :]
+    return jnp.cross(p2 - p1, p2 - p3)
+
+
+def corner_angles(vertices: jax.Array, faces) -> jax.Array:
+    """Interior angles (radians) at the corners of each face, the original's formulas.
+
+    Args:
+      vertices: ``[..., N, 3]``.
       faces: ``[F, 3]`` 0-based.
     Returns:
-      normals ``[B, F, 3]`` (``cross(p3 - p1, p2 - p1)``, not normalised) and
-      angles ``[B, F, 3]`` at the three corners (radians).
+      ``[..., F, 3]``; the third is pi minus the other two, as in the original.
     """
-    p1 = vertices[:, faces[:, 0]]
-    p2 = vertices[:, faces[:, 1]]
-    p3 = vertices[:, faces[:, 2]]
+    p1 = vertices[..., faces[:, 0], :]
+    p2 = vertices[..., faces[:, 1], :]
+    p3 = vertices[..., faces[:, 2], :]
     e1 = _safe_normalise(p2 - p1)
     e2 = _safe_normalise(p3 - p1)
     e3 = _safe_normalise(p2 - p3)
     a1 = jnp.arccos(jnp.clip(jnp.sum(e1 * e2, -1), -1.0, 1.0))
     a2 = jnp.arccos(jnp.clip(jnp.sum(e3 * e1, -1), -1.0, 1.0))
     a3 = jnp.pi - (a1 + a2)
-    normals = jnp.cross(p2 - p1, p2 - p3)
-    return normals, jnp.stack([a1, a2, a3], -1)
+    return jnp.stack([a1, a2, a3], -1)
+
+
+def face_corner_terms(vertices: jax.Array, faces):
+    """Face normals and corner angles: the two factors of each corner's contribution.
+
+    Args:
+      vertices: ``[B, N, 3]``.
+      faces: ``[F, 3]`` 0-based.
+    Returns:
+      normals ``[B, F, 3]`` (:func:`face_normals`) and angles ``[B, F, 3]``
+      (:func:`corner_angles`).
+    """
+    return face_normals(vertices, faces), corner_angles(vertices, faces)
 
 
 def vertex_normals(vertices: jax.Array, faces) -> jax.Array:

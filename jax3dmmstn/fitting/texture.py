@@ -21,12 +21,20 @@ from jax3dmmstn.fitting.landmarks import check_landmark_inputs
 
 
 class TextureLossWeights(NamedTuple):
-    """Weights of the refinement objective (defaults: the original's loss weights)."""
+    """Weights of the refinement objective (defaults: the original's loss weights).
+
+    They weigh the terms as the original reduces them (``TEXTURE_LOSS_REDUCTIONS``).
+    """
 
     landmark: float = 0.8998
     prior: float = 0.1
     symmetry: float = 1e-4
     siamese: float = 0.0
+
+
+# The original's reductions, which its weights above assume: landmark and prior
+# summed over the batch, texture terms divided by the number of visible values.
+TEXTURE_LOSS_REDUCTIONS = {"landmark": "sum", "prior": "sum", "symmetry": "mean", "siamese": "mean"}
 
 
 # Adam's steps are about one learning rate per coordinate and step; theta's
@@ -64,13 +72,18 @@ def texture_objective(
         scale_parametrisation=parametrisation,
     )
     texture, mask = stn["masked_texture"], stn["mask"]
+    reduction = TEXTURE_LOSS_REDUCTIONS
     terms = {
-        "landmark": losses.landmark_loss(stn["landmarks"], landmarks, visibility),
-        "prior": losses.prior_loss(theta_lib.shape_weights(theta)),
-        "symmetry": losses.symmetry_loss(texture, mask),
+        "landmark": losses.landmark_loss(
+            stn["landmarks"], landmarks, visibility, reduction=reduction["landmark"]
+        ),
+        "prior": losses.prior_loss(theta_lib.shape_weights(theta), reduction=reduction["prior"]),
+        "symmetry": losses.symmetry_loss(texture, mask, reduction=reduction["symmetry"]),
     }
     if weights.siamese:
-        terms["siamese"] = losses.siamese_loss(texture, mask, mirror_pairs=mirror_pairs)
+        terms["siamese"] = losses.siamese_loss(
+            texture, mask, mirror_pairs=mirror_pairs, reduction=reduction["siamese"]
+        )
     total = sum(getattr(weights, name) * value for name, value in terms.items())
     return total, terms
 
@@ -114,7 +127,9 @@ def refine_with_texture(
         )
     if landmark_set not in model.landmarks:
         raise ValueError(f"the model has no landmark set {landmark_set!r}")
-    landmarks, visibility = check_landmark_inputs(landmarks, visibility, len(model.landmarks[landmark_set]))
+    landmarks, visibility = check_landmark_inputs(
+        landmarks, visibility, len(model.landmarks[landmark_set])
+    )
     if weights.siamese and theta.shape[0] % 2:
         raise ValueError("the siamese term needs pairs: an even batch")
     constants = dict(

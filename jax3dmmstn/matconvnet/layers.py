@@ -26,6 +26,7 @@ import numpy as np
 from jax3dmmstn.core import geometry
 from jax3dmmstn.core import losses
 from jax3dmmstn.core import sampler
+from jax3dmmstn.core import theta as theta_lib
 from jax3dmmstn.core import visibility
 
 # The original's grid layer centres and scales by this literal (224 x 224 input).
@@ -98,25 +99,26 @@ def vl_nnsplit(X, dx=None, dr=None, dt=None, ds=None):
 
     Forward returns ``alpha 1 x 1 x D x B``, ``r 1 x 1 x 3 x B``, ``t 1 x 2 x 1 x B``,
     ``logs 1 x 1 x 1 x B``; backward (given the four derivatives in those shapes)
-    returns ``dX`` ``1 x 1 x (6 + D) x B``.
+    returns ``dX`` ``1 x 1 x (6 + D) x B``. theta runs along MATLAB's channel axis
+    (the third) in :mod:`jax3dmmstn.core.theta`'s layout.
     """
     X = _with_ndim4(_as_float(X, "X"), "X", (1, 1, None, None))
-    if X.shape[2] < 6:
-        raise ValueError(f"theta needs at least 6 entries, got {X.shape[2]}")
+    if X.shape[2] < theta_lib.N_POSE:
+        raise ValueError(f"theta needs at least {theta_lib.N_POSE} entries, got {X.shape[2]}")
     batch = X.shape[3]
     if dx is None:
-        alpha = X[:, :, 6:, :]
-        r = X[:, :, 0:3, :]
-        t = X[0, 0, 3:5, :].reshape(1, 2, 1, batch)
-        logs = X[:, :, 5:6, :]
+        alpha = X[:, :, theta_lib.SHAPE, :]
+        r = X[:, :, theta_lib.ROTATION, :]
+        t = X[0, 0, theta_lib.TRANSLATION, :].reshape(1, 2, 1, batch)
+        logs = X[:, :, theta_lib.LOG_SCALE, :].reshape(1, 1, 1, batch)
         return alpha, r, t, logs
-    parts = [
-        np.asarray(dr).reshape(3, batch),
-        np.asarray(dt).reshape(2, batch),
-        np.asarray(ds).reshape(1, batch),
-        np.asarray(dx).reshape(-1, batch),
-    ]
-    return np.concatenate(parts, 0)[None, None].astype(X.dtype)
+    d_theta = theta_lib.merge(  # [B, 6 + D]
+        np.asarray(dr).reshape(3, batch).T,
+        np.asarray(dt).reshape(2, batch).T,
+        np.asarray(ds).reshape(batch),
+        np.asarray(dx).reshape(-1, batch).T,
+    )
+    return d_theta.T[None, None].astype(X.dtype)
 
 
 def _model_arrays(model) -> tuple:
@@ -486,7 +488,7 @@ def vl_nnsymmetry(x, p=None, original_backward=False):
     """
     x = _with_ndim4(_as_float(x, "x"), "x", (None, None, None, None))
     dtype = x.dtype
-    fn = lambda t: losses.symmetry_loss(t, None, nonzero_as_mask=True)
+    fn = lambda t: losses.symmetry_loss(t, None, nonzero_as_mask=True, reduction="mean")
     if p is None:
         return _np(fn(_texture_native(x)), dtype)
     p = _loss_derivative(p)
@@ -510,7 +512,7 @@ def vl_nnsiamese(x, p=None, original_backward=False):
     dtype = x.dtype
     if x.shape[3] % 2:
         raise ValueError(f"siamese pairs need an even batch, got {x.shape[3]}")
-    fn = lambda t: losses.siamese_loss(t, None, nonzero_as_mask=True)
+    fn = lambda t: losses.siamese_loss(t, None, nonzero_as_mask=True, reduction="mean")
     if p is None:
         return _np(fn(_texture_native(x)), dtype)
     p = _loss_derivative(p)

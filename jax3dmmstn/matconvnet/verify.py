@@ -1,6 +1,6 @@
 """Compare ``jax3dmmstn.matconvnet`` with a dump of the MatConvNet original.
 
-``python -m jax3dmmstn verify DUMP.mat [--rtol 1e-5] [--atol 1e-5] [--markdown]``
+``jax3dmmstn verify DUMP.mat [--rtol 1e-5] [--atol 1e-5] [--markdown]``
 
 ``DUMP.mat`` is written by ``tools/matconvnet/dump_reference.m`` (MATLAB or GNU
 Octave, with the original repository's ``layer/`` and ``util/`` folders and
@@ -582,77 +582,74 @@ def format_summary(report: Report, markdown: bool = False) -> list[str]:
     ]
 
 
-def format_report(report: Report, markdown: bool = False) -> str:
+def _detail_tables(report: Report, markdown: bool) -> list[str]:
+    """One row per compared output, grouped by layer (one markdown table, or one block per layer)."""
     header = ("layer", "case", "output", "max abs err", "max rel err", "status")
-    lines: list[str] = []
     tables: dict[str, list[tuple[str, ...]]] = {}
     for r in report.rows:
         status = _status(r) + (f": {r.detail}" if r.detail and (not r.passed or r.note) else "")
         tables.setdefault(r.layer, []).append(
             (r.layer, r.case, r.output, _fmt(r.max_abs), _fmt(r.max_rel), status)
         )
-    lines.append(
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return lines + ["| " + " | ".join(row) + " |" for t in tables.values() for row in t]
+    all_rows = [header] + [row for t in tables.values() for row in t]
+    # The layer name heads each block and the status runs free, so neither is padded.
+    widths = [max(len(row[i]) for row in all_rows) for i in range(len(header) - 1)]
+
+    def line(row):
+        return "  " + "  ".join(c.ljust(w) for c, w in zip(row[1:-1], widths[1:])) + "  " + row[-1]
+
+    lines = []
+    for layer, table in tables.items():
+        lines += [layer, line(header)] + [line(row) for row in table] + [""]
+    return lines
+
+
+def _intended_difference_lines(report: Report) -> list[str]:
+    """The intended differences met in this report, each followed by its notes."""
+    used = {r.note for r in report.rows + report.notes if r.note}
+    if not used:
+        return []
+    lines = ["", "Intended differences (not failures):"]
+    lines += [f"- {key}: {text}" for key, text in INTENDED_DIFFERENCES.items() if key in used]
+    for r in report.notes:
+        errs = (
+            f"max abs {_fmt(r.max_abs)}, max rel {_fmt(r.max_rel)}; "
+            if r.note == "true_derivative"
+            else ""
+        )
+        lines.append(f"  - {r.layer}/{r.case} {r.output}: {errs}{r.detail}")
+    return lines
+
+
+def format_report(report: Report, markdown: bool = False) -> str:
+    """The report as text: tolerance, per-output tables, summary, intended differences, verdict."""
+    tolerance = (
         f"Tolerance: |ours - original| <= {report.atol:g} * max|original| "
         f"+ {report.rtol:g} * |original|, per output array."
     )
-    lines.append("")
-    if markdown:
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "---|" * len(header))
-        for table in tables.values():
-            for row in table:
-                lines.append("| " + " | ".join(row) + " |")
-    else:
-        all_rows = [header] + [row for t in tables.values() for row in t]
-        widths = [max(len(row[i]) for row in all_rows[:]) for i in range(len(header) - 1)]
-        for layer, table in tables.items():
-            lines.append(layer)
-            lines.append(
-                "  "
-                + "  ".join(h.ljust(w) for h, w in zip(header[1:], widths[1:]))
-                + "  "
-                + header[-1]
-            )
-            for row in table:
-                lines.append(
-                    "  "
-                    + "  ".join(c.ljust(w) for c, w in zip(row[1:-1], widths[1:]))
-                    + "  "
-                    + row[-1]
-                )
-            lines.append("")
+    lines = [tolerance, ""]
+    lines += _detail_tables(report, markdown)
     lines.append("")
     lines += format_summary(report, markdown)
-    used = {r.note for r in report.rows + report.notes if r.note}
-    if used:
-        lines.append("")
-        lines.append("Intended differences (not failures):")
-        for key in INTENDED_DIFFERENCES:
-            if key in used:
-                lines.append(f"- {key}: {INTENDED_DIFFERENCES[key]}")
-        for r in report.notes:
-            errs = (
-                f"max abs {_fmt(r.max_abs)}, max rel {_fmt(r.max_rel)}; "
-                if r.note == "true_derivative"
-                else ""
-            )
-            lines.append(f"  - {r.layer}/{r.case} {r.output}: {errs}{r.detail}")
+    lines += _intended_difference_lines(report)
     if report.skipped:
-        lines.append("")
-        lines.append("Skipped: " + ", ".join(report.skipped))
+        lines += ["", "Skipped: " + ", ".join(report.skipped)]
     failed = [r for r in report.rows if not r.passed]
-    lines.append("")
-    lines.append(
+    lines += [
+        "",
         f"{len(report.rows)} outputs compared, {len(failed)} failed: "
-        + ("PASS" if report.passed else "FAIL")
-    )
+        + ("PASS" if report.passed else "FAIL"),
+    ]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``verify DUMP.mat [--rtol R] [--atol A] [--markdown]``; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="python -m jax3dmmstn verify",
+        prog="jax3dmmstn verify",
         description="Compare jax3dmmstn.matconvnet with a dump written by "
         "tools/matconvnet/dump_reference.m from the MatConvNet original.",
     )
