@@ -18,8 +18,9 @@ for every channel):
 1. Per-vertex shading on the model's res x res UV grid: Lambertian diffuse plus
    ambient plus a little Blinn-Phong specular, with a random light direction and
    colour, on the model's albedo times a random skin tone and smooth blotches.
-   Normals are the mean shape's grid normals plus their first-order change with
-   alpha (precomputed), rotated by R.
+   Normals are the mean shape's vertex normals (the core's angle-weighted mesh
+   normals, ``core.visibility.vertex_normals``) plus their first-order change
+   with alpha (precomputed), rotated by R.
 2. Splatting with a depth test: every grid cell is subdivided f x f times, f
    chosen per cell at construction so that neighbouring samples are at most
    ``surface._MAX_SAMPLE_SPACING`` pixels apart at the largest scale (the subdivided

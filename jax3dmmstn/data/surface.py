@@ -10,8 +10,10 @@ alpha, albedo, smooth blotch fields) is precomputed here in numpy.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
+from jax3dmmstn.core import visibility
 from jax3dmmstn.data.scenes import NUM_SMOOTH_FIELDS, RenderConfig, model_height
 from jax3dmmstn.facemodel.morphable_model import MorphableModel
 
@@ -140,31 +142,21 @@ def albedo(model: MorphableModel) -> np.ndarray:
     return np.tile(np.array([_DEFAULT_ALBEDO], np.float32), (model.n_vertices, 1))
 
 
-def _grid_normals_np(points: np.ndarray, res: int) -> np.ndarray:
-    """Unnormalised outward normals ``[N, 3]`` of a grid surface ``[N, 3]`` (row 0 top)."""
-    grid = points.reshape(res, res, 3).astype(np.float64)
-    d_row = np.gradient(grid, axis=0)
-    d_col = np.gradient(grid, axis=1)
-    # Rows go down the face (-y), columns to the right (+x): row x col = +z.
-    return np.cross(d_row, d_col).reshape(-1, 3)
-
-
 def first_order_normals(model: MorphableModel):
     """Vertex normals to first order in alpha: ``n(alpha) ~ n0 + sum_d alpha_d dn_d``.
+
+    The normals are the core's angle-weighted vertex normals of the model's mesh
+    (``visibility.vertex_normals``, the formula the STN's visibility mask uses),
+    of the mean shape and of the mean shape moved by one unit of each component.
 
     Returns ``n0`` ``[N, 3]`` and ``dn`` ``[N, 3, D]`` (unnormalised; the renderer
     normalises after rotating).
     """
-    res = model.resolution
-    normal0 = _grid_normals_np(model.mean, res)
-    d_normals = np.stack(
-        [
-            _grid_normals_np(model.mean + model.basis[:, :, d], res) - normal0
-            for d in range(model.n_components)
-        ],
-        -1,
-    )
-    return normal0, d_normals
+    mean = np.asarray(model.mean, np.float32)
+    shapes = np.concatenate([mean[None], mean[None] + np.moveaxis(model.basis, -1, 0)])
+    normals = np.asarray(visibility.vertex_normals(jnp.asarray(shapes), model.faces))
+    normal0 = normals[0]
+    return normal0, np.moveaxis(normals[1:] - normal0, 0, -1)
 
 
 def smooth_fields(model: MorphableModel) -> np.ndarray:
