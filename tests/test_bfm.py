@@ -5,14 +5,14 @@ import pytest
 import scipy.io
 from scipy.spatial import Delaunay
 
-from jax3dmmstn.facemodel import prepare as prepare_model
+from jax3dmmstn import cli
 from jax3dmmstn.facemodel.bfm import (
+    BFMArrays,
+    BuildOptions,
     build_bfm_model,
     build_bfm_model_from_arrays,
     cotangent_laplacian,
     extrapolate_displacements,
-    grid_resampling_matrix,
-    locate_points,
 )
 from jax3dmmstn.facemodel.morphable_model import (
     AFLW21_FLIP,
@@ -20,6 +20,7 @@ from jax3dmmstn.facemodel.morphable_model import (
     MorphableModel,
     grid_faces,
 )
+from jax3dmmstn.facemodel.uv_resampling import grid_resampling_matrix, locate_points
 
 
 def uv_mesh(per_side=21, seed=0, jitter=0.25):
@@ -332,26 +333,16 @@ def test_landmarks_map_to_the_nearest_grid_vertices(tmp_path):
     # A vertex off the grid goes to the nearest grid vertex in UV.
     off = int(np.argmin(np.hypot(uv[:, 0] - 0.33, uv[:, 1] - 0.61)))
     m2 = build_bfm_model_from_arrays(
-        data["mean"].reshape(-1),
-        data["shape_pc"],
-        data["shape_ev"],
-        data["tri"],
-        uv,
-        resolution=res,
-        n_identity=1,
+        BFMArrays(data["mean"].reshape(-1), data["shape_pc"], data["shape_ev"], data["tri"], uv),
+        BuildOptions(resolution=res, n_identity=1),
         landmarks={"aflw21": np.full(21, off)},
     )
     u, v = uv[off]
     assert m2.landmarks["aflw21"][0] == round((1 - v) * (res - 1)) * res + round(u * (res - 1))
     # Default at 112: the original's 21 vertices.
     m3 = build_bfm_model_from_arrays(
-        data["mean"].reshape(-1),
-        data["shape_pc"],
-        data["shape_ev"],
-        data["tri"],
-        uv,
-        resolution=112,
-        n_identity=1,
+        BFMArrays(data["mean"].reshape(-1), data["shape_pc"], data["shape_ev"], data["tri"], uv),
+        BuildOptions(resolution=112, n_identity=1),
     )
     assert m3.landmarks["aflw21"].tolist() == [i - 1 for i in AFLW21_INDICES_112_ONE_BASED]
 
@@ -386,8 +377,9 @@ def test_prepare_model_cli(tmp_path, capsys):
     write_bfm_files(tmp_path)
     bfm, uv, exp, tmap = paths(tmp_path)
     out = tmp_path / "models" / "model.npz"
-    code = prepare_model.main(
+    code = cli.main(
         [
+            "prepare-model",
             "--bfm",
             str(bfm),
             "--uv",
@@ -414,8 +406,16 @@ def test_prepare_model_cli(tmp_path, capsys):
     assert np.array_equal(model.basis, direct.basis) and np.array_equal(model.mean, direct.mean)
     # Errors are reported, not raised, by the command.
     assert (
-        prepare_model.main(
-            ["--bfm", str(tmp_path / "missing.mat"), "--uv", str(uv), "--out", str(out)]
+        cli.main(
+            [
+                "prepare-model",
+                "--bfm",
+                str(tmp_path / "missing.mat"),
+                "--uv",
+                str(uv),
+                "--out",
+                str(out),
+            ]
         )
         == 2
     )
