@@ -473,21 +473,8 @@ def _landmark_name(count: int, path: Path) -> str:
     )
 
 
-def load_matconvnet_model(
-    path: PathLike,
-    landmarks_path: PathLike | Sequence[PathLike] | None = None,
-    *,
-    n_identity: int | None = None,
-) -> MorphableModel:
-    """Loads the original's model.mat (prepareExpressionBFM output) as a MorphableModel.
-
-    model.mat holds shapeMU [3N, 1] (x, y, z interleaved, mm), shapePC [3N, D], faces [F, 3]
-    1-based, nverts = N = res ** 2. Landmarks: one or more .anl files (21 points -> "aflw21",
-    68 -> "ibug68"); without any and N == 112 ** 2 the original's 21 AFLW vertices are used.
-    n_identity: how many of the D components are identity; default 5 when D == 10 (the
-    released model: 5 BFM identity + 5 3DDFA expression components), else D.
-    """
-    path = Path(path)
+def _checked_model_mat(path: Path):
+    """model.mat's shapeMU [3N], shapePC [3N, D] (float64) and faces [F, 3] (1-based), checked."""
     data = load_mat(path, ["shapeMU", "shapePC", "faces"])
     shape_mu = np.asarray(data["shapeMU"], dtype=np.float64)
     shape_pc = np.asarray(data["shapePC"], dtype=np.float64)
@@ -511,28 +498,49 @@ def load_matconvnet_model(
             f"{path}: faces must be 1-based indices in [1, {n}], got range "
             f"[{faces.min()}, {faces.max()}]"
         )
+    return shape_mu, shape_pc, faces
+
+
+def _anl_landmarks(landmarks_path, n: int) -> dict[str, np.ndarray]:
+    """Landmark sets from .anl files (named by their size), checked against N vertices."""
+    if landmarks_path is None:
+        return {}
+    paths = [landmarks_path] if isinstance(landmarks_path, (str, os.PathLike)) else landmarks_path
+    landmarks = {}
+    for p in paths:
+        idx = read_anl(p)
+        if idx.max() >= n:
+            raise ValueError(f"{p}: landmark index {idx.max() + 1} exceeds N = {n}")
+        landmarks[_landmark_name(idx.size, Path(p))] = idx
+    return landmarks
+
+
+def load_matconvnet_model(
+    path: PathLike,
+    landmarks_path: PathLike | Sequence[PathLike] | None = None,
+    *,
+    n_identity: int | None = None,
+) -> MorphableModel:
+    """Loads the original's model.mat (prepareExpressionBFM output) as a MorphableModel.
+
+    model.mat holds shapeMU [3N, 1] (x, y, z interleaved, mm), shapePC [3N, D], faces [F, 3]
+    1-based, nverts = N = res ** 2. Landmarks: one or more .anl files (21 points -> "aflw21",
+    68 -> "ibug68"); without any and N == 112 ** 2 the original's 21 AFLW vertices are used.
+    n_identity: how many of the D components are identity; default 5 when D == 10 (the
+    released model: 5 BFM identity + 5 3DDFA expression components), else D.
+    """
+    path = Path(path)
+    shape_mu, shape_pc, faces = _checked_model_mat(path)
+    n, d = shape_mu.size // 3, shape_pc.shape[1]
     res = int(round(np.sqrt(n)))
     if res * res != n:
         raise ValueError(f"{path}: N = {n} vertices is not a square grid (res x res) model")
-    d = shape_pc.shape[1]
     if n_identity is None:
         n_identity = 5 if d == 10 else d
     if not 0 <= n_identity <= d:
         raise ValueError(f"n_identity must be in [0, {d}], got {n_identity}")
-
-    landmarks: dict[str, np.ndarray] = {}
-    if landmarks_path is not None:
-        paths = (
-            [landmarks_path]
-            if isinstance(landmarks_path, (str, os.PathLike))
-            else list(landmarks_path)
-        )
-        for p in paths:
-            idx = read_anl(p)
-            if idx.max() >= n:
-                raise ValueError(f"{p}: landmark index {idx.max() + 1} exceeds N = {n}")
-            landmarks[_landmark_name(idx.size, Path(p))] = idx
-    elif res == 112:
+    landmarks = _anl_landmarks(landmarks_path, n)
+    if landmarks_path is None and res == 112:
         landmarks["aflw21"] = default_aflw21_landmarks(112)
     return MorphableModel(
         mean=shape_mu.reshape(n, 3),

@@ -61,24 +61,14 @@ def synthetic_face_model(
     the flat 3N space and scaled so that alpha ~ N(0, 1) gives plausible faces, "aflw21" and
     "ibug68" landmarks and an albedo.
     """
-    if int(resolution) != resolution or resolution < 16:
-        raise ValueError(f"resolution must be an integer >= 16, got {resolution}")
-    if n_identity < 0 or n_expression < 0 or n_identity + n_expression == 0:
-        raise ValueError(
-            f"need n_identity >= 0, n_expression >= 0 and at least one component, got "
-            f"{n_identity}, {n_expression}"
-        )
+    _check_arguments(resolution, n_identity, n_expression)
     res = int(resolution)
     uv = grid_uv(res).astype(np.float64)
     mirror = grid_mirror(res)
     frame = _shell_frame(uv)
     fx, fy = frame["fx"], frame["fy"]
 
-    displacement = _anatomy_displacement(frame)
-    mean = _place(frame, displacement)
-    mean = _symmetrize(mean, mirror)
-    # Origin near the face centre: x is 0 by symmetry; centre y and z on the mean.
-    mean[:, 1:] -= mean[:, 1:].mean(axis=0)
+    mean = _mean_shape(frame, mirror)
 
     rng = np.random.default_rng(seed)
     identity = _identity_fields(frame, mean, n_identity, rng)
@@ -105,6 +95,24 @@ def synthetic_face_model(
             f"n_expression={n_expression}, seed={seed})"
         ),
     )
+
+
+def _check_arguments(resolution, n_identity: int, n_expression: int) -> None:
+    if int(resolution) != resolution or resolution < 16:
+        raise ValueError(f"resolution must be an integer >= 16, got {resolution}")
+    if n_identity < 0 or n_expression < 0 or n_identity + n_expression == 0:
+        raise ValueError(
+            f"need n_identity >= 0, n_expression >= 0 and at least one component, got "
+            f"{n_identity}, {n_expression}"
+        )
+
+
+def _mean_shape(frame: dict, mirror: np.ndarray) -> np.ndarray:
+    """The shell with the anatomy on it, made exactly symmetric, centred. [N, 3] float64."""
+    mean = _symmetrize(_place(frame, _anatomy_displacement(frame)), mirror)
+    # Origin near the face centre: x is 0 by symmetry; centre y and z on the mean.
+    mean[:, 1:] -= mean[:, 1:].mean(axis=0)
+    return mean
 
 
 # ------------------------------------------------------------------------------- the shell
@@ -139,7 +147,9 @@ def _shell_frame(uv: np.ndarray) -> dict:
     cos_az = np.maximum(np.cos(azimuth), 1e-12)
     depth, d_depth = cos_az**q, -q * cos_az ** (q - 1.0) * sin_az
     shell = np.stack([a * cos_el * sin_az, b * height, c * cos_el * depth], axis=1)
-    # Outward normal: d/d(azimuth) x d/d(elevation) of the parametrisation.
+    # Outward normal of the parametric shell (analytic: d/d(azimuth) x d/d(elevation)), used
+    # to displace it before there is a mesh; not a mesh normal (those are the core's
+    # visibility.vertex_normals / face_normals).
     d_az = np.stack([a * cos_el * cos_az, np.zeros_like(u), c * cos_el * d_depth], axis=1)
     d_el = np.stack([-a * sin_el * sin_az, b * d_height, -c * sin_el * depth], axis=1)
     normal = np.cross(d_az, d_el)
