@@ -161,14 +161,9 @@ def _conv_arrays(layer: Any, name: str) -> tuple[np.ndarray, np.ndarray, tuple, 
     )
 
 
-def read_vggface(path: str) -> VGGFaceWeights:
-    """Read a simplenn VGG-Face ``.mat`` into :class:`VGGFaceWeights` for :class:`VGG16`.
-
-    Raises ValueError naming the layer when the file's structure differs from VGG-16
-    (missing layers, wrong padding/stride, inconsistent widths, non-max pooling).
-    """
-    layers, meta = _load_top_level(path)
-    by_name: dict[str, Any] = {}
+def _layers_by_name(layers: Any) -> tuple[dict[str, tuple[str, Any]], list[str]]:
+    """name -> (type, layer struct), and the names in file order."""
+    by_name: dict[str, tuple[str, Any]] = {}
     order: list[str] = []
     for layer in _cell_items(layers):
         if isinstance(layer, np.ndarray):
@@ -176,13 +171,15 @@ def read_vggface(path: str) -> VGGFaceWeights:
         name, kind = _string(_field(layer, "name", "")), _string(_field(layer, "type", ""))
         order.append(name)
         by_name[name] = (kind, layer)
-    missing = [name for name in CONV_LAYERS if name not in by_name]
-    if missing:
-        raise ValueError(f"{path}: missing VGG-16 layers {missing}; found {order}")
+    return by_name, order
+
+
+def _check_pools(path: str, by_name: dict, order: list[str]) -> None:
+    """The first five pooling layers must be VGG-16's 2 x 2 max pools with stride 2."""
     pools = [by_name[n] for n in order if by_name[n][0] == "pool"]
     if len(pools) < 5:
         raise ValueError(f"{path}: expected 5 pooling layers, found {len(pools)}")
-    for kind, layer in pools[:5]:
+    for _, layer in pools[:5]:
         method = _string(_field(layer, "method", "max"))
         size, stride = _two(_field(layer, "pool", 2)), _two(_field(layer, "stride", 1))
         if (
@@ -195,39 +192,40 @@ def read_vggface(path: str) -> VGGFaceWeights:
                 f"{path}: pooling must be 2x2 max with stride 2 and no pad, got "
                 f"{method} {size} stride {stride}"
             )
-    params: dict[str, dict[str, np.ndarray]] = {}
-    first_width = None
-    previous_out = None
-    for name in CONV_LAYERS:
-        kind, layer = by_name[name]
-        if kind != "conv":
-            raise ValueError(f"layer {name} has type {kind!r}, expected 'conv'")
-        kernel, bias, pad, stride = _conv_arrays(layer, name)
-        if kernel.ndim == 3:  # MATLAB drops a trailing singleton output dimension
-            kernel = kernel[..., None]
-        if kernel.ndim != 4:
-            raise ValueError(f"layer {name}: filters must be [h, w, in, out], got {kernel.shape}")
-        if bias.shape != (kernel.shape[3],):
-            raise ValueError(f"layer {name}: {bias.size} biases for {kernel.shape[3]} filters")
-        if previous_out is not None and kernel.shape[2] != previous_out:
-            raise ValueError(
-                f"layer {name}: {kernel.shape[2]} input channels but the previous "
-                f"layer has {previous_out} outputs"
-            )
-        expected_pad = (0, 0, 0, 0) if name.startswith("fc") else (1, 1, 1, 1)
-        if name.startswith("conv") and kernel.shape[:2] != (3, 3):
-            raise ValueError(f"layer {name}: expected 3x3 filters, got {kernel.shape[:2]}")
-        if name == "fc7" and kernel.shape[:2] != (1, 1):
-            raise ValueError(f"layer fc7: expected 1x1 filters, got {kernel.shape[:2]}")
-        if pad != expected_pad or stride != (1, 1):
-            raise ValueError(
-                f"layer {name}: pad {pad} stride {stride}, expected pad "
-                f"{expected_pad} stride (1, 1)"
-            )
-        if first_width is None:
-            first_width = kernel.shape[3]
-        previous_out = kernel.shape[3]
-        params[name] = {"kernel": kernel, "bias": bias}
+
+
+def _conv_layer(name: str, kind: str, layer: Any, previous_out: int | None) -> dict:
+    """One VGG-16 convolution (or fc as a convolution) as ``{'kernel', 'bias'}``, checked
+    against VGG-16's filter size, padding and stride and the previous layer's width."""
+    if kind != "conv":
+        raise ValueError(f"layer {name} has type {kind!r}, expected 'conv'")
+    kernel, bias, pad, stride = _conv_arrays(layer, name)
+    if kernel.ndim == 3:  # MATLAB drops a trailing singleton output dimension
+        kernel = kernel[..., None]
+    if kernel.ndim != 4:
+        raise ValueError(f"layer {name}: filters must be [h, w, in, out], got {kernel.shape}")
+    if bias.shape != (kernel.shape[3],):
+        raise ValueError(f"layer {name}: {bias.size} biases for {kernel.shape[3]} filters")
+    if previous_out is not None and kernel.shape[2] != previous_out:
+        raise ValueError(
+            f"layer {name}: {kernel.shape[2]} input channels but the previous "
+            f"layer has {previous_out} outputs"
+        )
+    expected_pad = (0, 0, 0, 0) if name.startswith("fc") else (1, 1, 1, 1)
+    if name.startswith("conv") and kernel.shape[:2] != (3, 3):
+        raise ValueError(f"layer {name}: expected 3x3 filters, got {kernel.shape[:2]}")
+    if name == "fc7" and kernel.shape[:2] != (1, 1):
+        raise ValueError(f"layer fc7: expected 1x1 filters, got {kernel.shape[:2]}")
+    if pad != expected_pad or stride != (1, 1):
+        raise ValueError(
+            f"layer {name}: pad {pad} stride {stride}, expected pad {expected_pad} stride (1, 1)"
+        )
+    return {"kernel": kernel, "bias": bias}
+
+
+def _width_divisor(params: dict) -> int:
+    """k such that every layer has VGG-16's width / k filters (k = 1: the real VGG-Face)."""
+    first_width = params["conv1_1"]["kernel"].shape[3]
     if 64 % first_width:
         raise ValueError(f"conv1_1 has {first_width} filters; VGG-16 widths must be 64 / k")
     width_divisor = 64 // first_width
@@ -240,6 +238,27 @@ def read_vggface(path: str) -> VGGFaceWeights:
                 )
     if params["fc7"]["kernel"].shape[3] != params["fc6"]["kernel"].shape[3]:
         raise ValueError("fc6 and fc7 widths differ")
+    return width_divisor
+
+
+def read_vggface(path: str) -> VGGFaceWeights:
+    """Read a simplenn VGG-Face ``.mat`` into :class:`VGGFaceWeights` for :class:`VGG16`.
+
+    Raises ValueError naming the layer when the file's structure differs from VGG-16
+    (missing layers, wrong padding/stride, inconsistent widths, non-max pooling).
+    """
+    layers, meta = _load_top_level(path)
+    by_name, order = _layers_by_name(layers)
+    missing = [name for name in CONV_LAYERS if name not in by_name]
+    if missing:
+        raise ValueError(f"{path}: missing VGG-16 layers {missing}; found {order}")
+    _check_pools(path, by_name, order)
+    params: dict[str, dict[str, np.ndarray]] = {}
+    previous_out = None
+    for name in CONV_LAYERS:
+        params[name] = _conv_layer(name, *by_name[name], previous_out)
+        previous_out = params[name]["kernel"].shape[3]
+    width_divisor = _width_divisor(params)
     input_mean, image_size = _average_image(meta)
     return VGGFaceWeights(
         params=params,
