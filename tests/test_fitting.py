@@ -129,7 +129,7 @@ def test_original_descent_lowers_the_loss_and_stops(model):
 def test_fit_cli_end_to_end_on_a_demo_layout_mat(model, tmp_path):
     import json
     import scipy.io
-    from jax3dmmstn.fitting import cli as fitting_cli
+    from jax3dmmstn import cli
 
     model_path = tmp_path / "model.npz"
     model.save(model_path)
@@ -144,8 +144,9 @@ def test_fit_cli_end_to_end_on_a_demo_layout_mat(model, tmp_path):
     scipy.io.savemat(tmp_path / "demo.mat", {"Images": images, "Labels": labels})
     out = tmp_path / "out"
     assert (
-        fitting_cli.fit_main(
+        cli.main(
             [
+                "fit",
                 "--model",
                 str(model_path),
                 "--data",
@@ -181,8 +182,8 @@ def test_fit_cli_end_to_end_on_a_demo_layout_mat(model, tmp_path):
         assert (out / f"image0001{suffix}").is_file()
     assert (out / "average_texture.png").is_file()
     assert (
-        fitting_cli.fit_main(
-            ["--model", "nonsense", "--data", str(tmp_path / "demo.mat"), "--out", str(out)]
+        cli.main(
+            ["fit", "--model", "nonsense", "--data", str(tmp_path / "demo.mat"), "--out", str(out)]
         )
         == 2
     )

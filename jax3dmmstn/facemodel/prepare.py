@@ -1,6 +1,6 @@
 """Command line: build the STN's grid model from the Basel Face Model (+ 3DDFA expressions).
 
-    python -m jax3dmmstn.facemodel.prepare --bfm 01_MorphableModel.mat --uv BFM_UV.mat \\
+    jax3dmmstn prepare-model --bfm 01_MorphableModel.mat --uv BFM_UV.mat \\
         [--expression Model_Expression.mat --tddfa-map map_tddfa_to_basel.mat] \\
         [--resolution 112] [--identity 5] [--expressions 5] [--landmarks21 Landmarks21_BFM.anl] \\
         --out model.npz
@@ -22,7 +22,7 @@ from jax3dmmstn.facemodel.bfm import build_bfm_model
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m jax3dmmstn.facemodel.prepare",
+        prog="jax3dmmstn prepare-model",
         description="Resample the BFM (+ 3DDFA expressions) to a res x res UV grid model (.npz).",
     )
     parser.add_argument(

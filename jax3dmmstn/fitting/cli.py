@@ -1,12 +1,10 @@
-"""``python -m jax3dmmstn fit`` and ``python -m jax3dmmstn predict``.
+"""``jax3dmmstn fit``: fit theta to each image's landmarks, then write the results.
 
-fit: fits theta to each image's landmarks (``jax3dmmstn.fitting``), then writes
-DIR/fit.json and, per image, an overlay, the UV texture, the visibility mask,
-the masked texture and a textured OBJ (``jax3dmmstn.outputs``).
-``--average`` also writes the visibility-weighted mean texture of all images
-(identity averaging: give it several images of one person).
-
-predict: runs a trained localiser from a training checkpoint on images.
+It fits with ``jax3dmmstn.fitting`` and writes DIR/fit.json and, per image, an overlay,
+the UV texture, the visibility mask, the masked texture and a textured OBJ
+(``jax3dmmstn.outputs``). ``--average`` also writes the visibility-weighted mean texture of
+all images (identity averaging: give it several images of one person).
+``write_results`` is shared with ``jax3dmmstn predict`` (``jax3dmmstn.predict``).
 """
 
 from __future__ import annotations
@@ -16,14 +14,14 @@ import json
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import NamedTuple
 
 import numpy as np
 
 from jax3dmmstn.core import theta as theta_lib
 
 
-def load_model(spec: str, landmarks_path: Optional[str] = None):
+def load_model(spec: str, landmarks_path: str | None = None):
     """MODEL argument -> MorphableModel: 'synthetic', a native .npz or the original's model.mat."""
     from jax3dmmstn.facemodel import morphable_model as mm
 
@@ -101,67 +99,82 @@ def _pick_landmark_set(model, n_landmarks: int) -> str:
     )
 
 
+class FitResults(NamedTuple):
+    """What ``write_results`` writes, per image (leading axis B)."""
+
+    images: np.ndarray  # [B, H, W, 3] float, 0..255
+    theta: np.ndarray  # [B, 6 + K]
+    landmarks: np.ndarray  # [B, L, 2] the given (fit) or predicted (predict) landmarks
+    visible: np.ndarray  # [B, L] visibility of ``landmarks``
+    fitted_landmarks: np.ndarray  # [B, L, 2] the landmarks of theta
+    report: list[dict]  # fit.json's entries, each with the image's "name"
+
+
 def write_results(
-    out_dir,
+    out_dir: str,
     model,
-    images,
-    theta,
-    landmarks,
-    visible,
-    fitted_landmarks,
-    names,
-    per_image,
+    results: FitResults,
     average: bool = False,
     parametrisation: str = "matconvnet",
 ) -> None:
     """Per-image PNGs + OBJ, fit.json, and optionally the averaged texture.
 
-    ``parametrisation``: how theta's logs gives the scale (``geometry.log_scale_to_scale``).
+    Adds each image's written files to its report entry (``files``). ``parametrisation``: how
+    theta's logs gives the scale (``geometry.log_scale_to_scale``).
     """
     from jax3dmmstn import outputs
 
     os.makedirs(out_dir, exist_ok=True)
+    textures = None
     if model.resolution:
-        texture, mask, points2d = outputs.sample_uv_texture(
-            images, theta, model.mean, model.basis, model.faces, parametrisation
+        textures = outputs.sample_uv_texture(
+            results.images, results.theta, model.mean, model.basis, model.faces, parametrisation
         )
-        texture, mask, points2d = map(np.asarray, (texture, mask, points2d))
-    for i, name in enumerate(names):
-        vertices = model.shape(np.asarray(theta_lib.shape_weights(theta[i])))
-        if model.resolution:
-            per_image[i]["files"] = outputs.write_fit_outputs(
-                out_dir,
-                name,
-                images[i],
-                texture[i],
-                mask[i],
-                vertices,
-                model.faces,
-                model.uv,
-                points2d[i],
-                fitted_landmarks[i],
-                landmarks[i],
-                visible[i],
-            )
-        else:
-            path = outputs.write_obj(
-                os.path.join(out_dir, f"{name}.obj"), vertices, model.faces, model.uv
-            )
-            per_image[i]["files"] = {"obj": path}
-    if average and model.resolution:
-        mean, coverage = outputs.average_textures(texture, mask)
+        textures = tuple(map(np.asarray, textures))  # texture, mask, points2d
+    for i, entry in enumerate(results.report):
+        entry["files"] = _write_image(out_dir, model, results, i, textures)
+    if average and textures is not None:
+        mean, coverage = outputs.average_textures(textures[0], textures[1])
         outputs.write_png(os.path.join(out_dir, "average_texture.png"), mean)
         outputs.write_png(
             os.path.join(out_dir, "average_coverage.png"),
             255.0 * coverage / max(1.0, float(coverage.max())),
         )
     with open(os.path.join(out_dir, "fit.json"), "w") as f:
-        json.dump({"images": per_image}, f, indent=1)
+        json.dump({"images": results.report}, f, indent=1)
 
 
-def fit_main(argv: Optional[List[str]] = None) -> int:
+def _write_image(out_dir: str, model, results: FitResults, i: int, textures) -> dict:
+    """Image ``i``'s files (overlay, textures and OBJ; the OBJ only for a model without UV grid)."""
+    from jax3dmmstn import outputs
+
+    name = results.report[i]["name"]
+    vertices = model.shape(np.asarray(theta_lib.shape_weights(results.theta[i])))
+    if textures is None:
+        path = outputs.write_obj(
+            os.path.join(out_dir, f"{name}.obj"), vertices, model.faces, model.uv
+        )
+        return {"obj": path}
+    texture, mask, points2d = textures
+    return outputs.write_fit_outputs(
+        out_dir,
+        name,
+        results.images[i],
+        texture[i],
+        mask[i],
+        vertices,
+        model.faces,
+        model.uv,
+        points2d[i],
+        results.fitted_landmarks[i],
+        results.landmarks[i],
+        results.visible[i],
+    )
+
+
+def _fit_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m jax3dmmstn fit", description="Fit theta to 2D landmarks and write outputs."
+        prog="jax3dmmstn fit", description="Fit theta to 2D landmarks and write outputs."
     )
     parser.add_argument(
         "--model",
@@ -196,216 +209,86 @@ def fit_main(argv: Optional[List[str]] = None) -> int:
         help="images (2i, 2i+1) show one face; with --mirror-pairs the second is its mirror",
     )
     parser.add_argument("--mirror-pairs", action="store_true")
-    args = parser.parse_args(argv)
-    from jax3dmmstn import fitting
-    from jax3dmmstn.core import geometry
+    return parser
 
-    try:
-        model = load_model(args.model, args.landmarks)
-        images, landmarks, visible, names = load_data(args.data)
-        landmark_set = _pick_landmark_set(model, landmarks.shape[1])
-        start = time.perf_counter()
-        result = fitting.fit_model_landmarks(
+
+def _fit_theta(args, model, images, landmarks, visible, landmark_set):
+    """(theta [B, 6 + K], landmark-fit iterations [B]) as the options say."""
+    from jax3dmmstn import fitting
+
+    result = fitting.fit_model_landmarks(
+        model,
+        landmarks,
+        visible,
+        landmark_set,
+        prior_weight=args.prior_weight,
+        max_iterations=args.max_iterations,
+    )
+    theta = np.asarray(result.theta)
+    if args.texture_steps > 0:
+        weights = fitting.TextureLossWeights(
+            prior=args.prior_weight, symmetry=args.symmetry_weight, siamese=args.siamese_weight
+        )
+        theta, _ = fitting.refine_with_texture(
+            theta,
+            images.astype(np.float32),
             model,
             landmarks,
             visible,
             landmark_set,
-            prior_weight=args.prior_weight,
-            max_iterations=args.max_iterations,
+            weights=weights,
+            steps=args.texture_steps,
+            mirror_pairs=args.mirror_pairs,
         )
-        theta = np.asarray(result.theta)
-        if args.texture_steps > 0:
-            weights = fitting.TextureLossWeights(
-                prior=args.prior_weight,
-                symmetry=args.symmetry_weight,
-                siamese=args.siamese_weight,
-            )
-            theta, _ = fitting.refine_with_texture(
-                theta,
-                images.astype(np.float32),
-                model,
-                landmarks,
-                visible,
-                landmark_set,
-                weights=weights,
-                steps=args.texture_steps,
-                mirror_pairs=args.mirror_pairs,
-            )
-            theta = np.asarray(theta)
-        seconds = (time.perf_counter() - start) / len(names)  # includes compilation
-    except (ValueError, FileNotFoundError) as error:
-        print(f"fit: error: {error}", file=sys.stderr)
-        return 2
+    return np.asarray(theta), np.asarray(result.iterations)
+
+
+def _fit_report(model, theta, landmarks, visible, landmark_set, names):
+    """(fitted landmarks [B, L, 2], fit.json entries without timings)."""
+    from jax3dmmstn import fitting
+    from jax3dmmstn.core import geometry
+
     mean_l, basis_l = fitting.landmark_shape_model(
         model.mean, model.basis, model.landmarks[landmark_set]
     )
     fitted = np.asarray(fitting.project_landmarks(theta, mean_l, basis_l))
     rmse = np.asarray(fitting.landmark_rmse(fitted, landmarks, visible))
-    yaw_pitch_roll = np.asarray(
-        geometry.matrix_to_yaw_pitch_roll(geometry.axis_angle_to_matrix(theta_lib.rotation(theta)))
-    )
-    per_image = [
+    rotation = geometry.axis_angle_to_matrix(theta_lib.rotation(theta))
+    yaw_pitch_roll = np.asarray(geometry.matrix_to_yaw_pitch_roll(rotation))
+    report = [
         {
-            "name": names[i],
+            "name": name,
             "theta": theta[i].tolist(),
             "yaw_pitch_roll_degrees": yaw_pitch_roll[i].tolist(),
             "landmark_rmse_px": float(rmse[i]),
-            "iterations": int(result.iterations[i]),
-            "texture_steps": args.texture_steps,
-            "seconds": seconds,
         }
-        for i in range(len(names))
+        for i, name in enumerate(names)
     ]
-    write_results(
-        args.out, model, images, theta, landmarks, visible, fitted, names, per_image, args.average
-    )
+    return fitted, report
+
+
+def fit_main(argv: list[str] | None = None) -> int:
+    args = _fit_parser().parse_args(argv)
+    try:
+        model = load_model(args.model, args.landmarks)
+        images, landmarks, visible, names = load_data(args.data)
+        landmark_set = _pick_landmark_set(model, landmarks.shape[1])
+        start = time.perf_counter()
+        theta, iterations = _fit_theta(args, model, images, landmarks, visible, landmark_set)
+        seconds = (time.perf_counter() - start) / len(names)  # includes compilation
+    except (ValueError, FileNotFoundError) as error:
+        print(f"fit: error: {error}", file=sys.stderr)
+        return 2
+    fitted, report = _fit_report(model, theta, landmarks, visible, landmark_set, names)
+    for entry, count in zip(report, iterations):
+        entry.update(iterations=int(count), texture_steps=args.texture_steps, seconds=seconds)
+    results = FitResults(images, theta, landmarks, visible, fitted, report)
+    write_results(args.out, model, results, average=args.average)
+    rmse = np.mean([entry["landmark_rmse_px"] for entry in report])
     print(
-        f"fitted {len(names)} images: mean landmark RMSE "
-        f"{float(np.mean(rmse)):.3f} px; wrote {args.out}/fit.json"
+        f"fitted {len(names)} images: mean landmark RMSE {rmse:.3f} px; wrote {args.out}/fit.json"
     )
     return 0
 
 
-def _face_crop(image, path: str, args, out_size: int):
-    """Crops a square around ``--box`` or the image's .pts landmarks (a PIL image in and out).
-
-    Without either option the image is returned unchanged.
-    """
-    from PIL import Image
-
-    from jax3dmmstn.data import loaders, preprocess
-
-    if args.box is None and not args.pts:
-        return image
-    pixels = np.asarray(image, np.float32)
-    size = pixels.shape[:2]
-    if args.pts:
-        points = loaders.pts_to_image_frame(
-            loaders.read_pts(os.path.splitext(path)[0] + ".pts"), size
-        )
-    else:
-        col0, row0, col1, row1 = args.box
-        if not (col1 > col0 and row1 > row0):
-            raise ValueError(f"--box needs COL1 > COL0 and ROW1 > ROW0, got {args.box}")
-        points = preprocess.pixels_to_landmarks(np.array([[col0, row0], [col1, row1]]), size)
-    example = {
-        "image": pixels,
-        "landmarks": points,
-        "landmark_visible": np.ones(len(points), np.float32),
-    }
-    cropped = preprocess.crop_around_landmarks(example, out_size=out_size, margin=args.margin)
-    return Image.fromarray(np.clip(np.rint(cropped["image"]), 0, 255).astype(np.uint8))
-
-
-def predict_main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m jax3dmmstn predict", description="Run a trained localiser on images."
-    )
-    parser.add_argument("--checkpoint", required=True, help="training workdir (has checkpoints/)")
-    parser.add_argument("--images", required=True, nargs="+", help="image files")
-    parser.add_argument("--out", required=True)
-    crop = parser.add_mutually_exclusive_group()
-    crop.add_argument(
-        "--box",
-        nargs=4,
-        type=float,
-        metavar=("COL0", "ROW0", "COL1", "ROW1"),
-        help="face box of every image (0-based pixels, y down): crop a square around it",
-    )
-    crop.add_argument(
-        "--pts",
-        action="store_true",
-        help="crop around the landmarks of the iBUG .pts file next to each image (IMAGE.pts)",
-    )
-    parser.add_argument(
-        "--margin", type=float, default=0.25, help="crop margin, fraction of the box side"
-    )
-    args = parser.parse_args(argv)
-    try:
-        import jax
-        import ml_collections
-        import orbax.checkpoint as ocp
-        from PIL import Image
-        from jax3dmmstn import training
-        from jax3dmmstn.core import geometry
-    except ImportError as error:
-        print(f"predict: error: cannot import the training code ({error})", file=sys.stderr)
-        return 2
-    directory = os.path.join(os.path.abspath(args.checkpoint), "checkpoints")
-    if not os.path.isdir(directory):
-        print(
-            f"predict: error: {directory} does not exist: --checkpoint must be a training workdir",
-            file=sys.stderr,
-        )
-        return 2
-    manager = ocp.CheckpointManager(directory, item_names=("state", "config"))
-    step = manager.latest_step()
-    if step is None:
-        print(f"predict: error: no checkpoint in {directory}", file=sys.stderr)
-        return 2
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()),
-    )
-    manager.close()
-    config = ml_collections.ConfigDict(dict(restored["config"]))
-    params = restored["state"]["params"]
-    try:
-        morphable = training.build_morphable_model(config)
-        model = training.build_model(config, morphable)
-    except (ValueError, OSError) as error:
-        print(f"predict: error: cannot rebuild the checkpoint's model: {error}", file=sys.stderr)
-        return 2
-    height, width = tuple(config.data.image_size)
-    images = []
-    for path in args.images:
-        try:
-            image = Image.open(path).convert("RGB")
-        except OSError as error:  # missing file or not an image
-            print(f"predict: error: cannot read image {path}: {error}", file=sys.stderr)
-            return 2
-        try:
-            image = _face_crop(image, path, args, width)
-        except (ValueError, OSError) as error:
-            print(f"predict: error: cannot crop {path}: {error}", file=sys.stderr)
-            return 2
-        if image.size != (width, height):
-            # The localiser was trained on crops of this size: a photo must be cropped around
-            # the face first (resizing keeps the whole picture, stretched).
-            print(
-                f"predict: note: resized {path} from {image.size[0]}x{image.size[1]} to the "
-                f"model's {width}x{height}",
-                file=sys.stderr,
-            )
-            image = image.resize((width, height), Image.BILINEAR)
-        images.append(np.asarray(image, np.float32))
-    images = np.stack(images)
-    # The STN's own landmarks: its landmark set and scale parametrisation (the config's).
-    out = jax.jit(model.apply)({"params": params}, images)
-    theta = np.asarray(out["theta"])
-    predicted = np.asarray(out["landmarks"])
-    ypr = np.asarray(geometry.matrix_to_yaw_pitch_roll(out["R"]))
-    names = [os.path.splitext(os.path.basename(p))[0] for p in args.images]
-    per_image = [
-        {
-            "name": names[i],
-            "theta": theta[i].tolist(),
-            "yaw_pitch_roll_degrees": ypr[i].tolist(),
-            "landmarks": predicted[i].tolist(),
-        }
-        for i in range(len(names))
-    ]
-    write_results(
-        args.out,
-        morphable,
-        images,
-        theta,
-        predicted,
-        np.zeros(predicted.shape[:2]),
-        predicted,
-        names,
-        per_image,
-        parametrisation=config.model.get("scale_parametrisation", "matconvnet"),
-    )
-    print(f"predicted {len(names)} images (checkpoint step {step}); wrote {args.out}")
-    return 0
+main = fit_main

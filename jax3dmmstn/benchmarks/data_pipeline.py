@@ -1,7 +1,7 @@
 """Throughput of the data pipeline: synthetic renderer, batching, real-data loading.
 
 Usage:
-  .venv/bin/python benchmarks/data_pipeline.py [--batch 64] [--batches 8]
+  jax3dmmstn benchmark data_pipeline [--batch 64] [--batches 8]
 
 Prints images/s (wall clock) and CPU seconds per image for:
   * render: the jitted renderer alone on pre-sampled scenes (224 x 224);
@@ -61,7 +61,9 @@ def _write_folder(root: str, count: int, rng) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="jax3dmmstn benchmark data_pipeline", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batches", type=int, default=8)
     args = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 
 Same inputs for both: landmarks projected from random known theta (yaw within +-60 deg) of the
 synthetic model. Reports final landmark RMSE, wall time (after compilation, both jitted) and the
-speed ratio. Usage: python benchmarks/fit.py [--batch 8] [--resolution 112] [--max-iterations N]
+speed ratio. Usage: jax3dmmstn benchmark fit [--batch 8] [--resolution 112] [--max-iterations N]
 """
 
 import argparse
@@ -45,12 +45,14 @@ def timed(fn, repeats):
     return out, (time.perf_counter() - start) / repeats
 
 
-def main():
-    parser = argparse.ArgumentParser()
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="jax3dmmstn benchmark fit", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--resolution", type=int, default=112)
     parser.add_argument("--max-iterations", type=int, default=200_000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     model = synthetic_face_model(resolution=args.resolution)
     landmarks, mean_l, basis_l = make_inputs(model, args.batch)
     ours, ours_s = timed(lambda: fitting.fit_landmarks(landmarks, None, mean_l, basis_l), 20)

@@ -1,6 +1,6 @@
 """Times build_bfm_model on a synthetic BFM-sized input (no licensed data needed).
 
-    .venv/bin/python benchmarks/build_bfm.py [--resolution 112] [--components 199]
+    jax3dmmstn benchmark build_bfm [--resolution 112] [--components 199]
 
 The input has the BFM's sizes: 53490 vertices (a Delaunay mesh of the unit UV square, about
 106.9k triangles; the BFM has 106466), 199 identity components, and 29 3DDFA-style expression
@@ -70,7 +70,9 @@ def synthetic_bfm_inputs(n_components: int = 199, n_expression: int = 29, seed: 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="jax3dmmstn benchmark build_bfm", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--resolution", type=int, default=112)
     parser.add_argument("--components", type=int, default=199)
     args = parser.parse_args(argv)

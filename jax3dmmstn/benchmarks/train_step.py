@@ -1,14 +1,14 @@
 """Training-step speed of the 3DMM-STN for both localisers: images/s (and % of peak on a GPU).
 
-    python benchmarks/train_step.py                    # both localisers, batch 32, float32
-    python benchmarks/train_step.py --localisers small_cnn --steps 20
-    python benchmarks/train_step.py --dtype bfloat16 --json out.json   # on an accelerator
+    jax3dmmstn benchmark train_step                 # both localisers, batch 32, float32
+    jax3dmmstn benchmark train_step --localisers small_cnn --steps 20
+    jax3dmmstn benchmark train_step --dtype bfloat16 --json out.json   # on an accelerator
 
 What is timed: one jitted training step of ``jax3dmmstn.training.make_train_step`` (forward,
 losses, backward, optimiser update; the configs' loss and optimiser) on a batch of
 ``--batch`` 224 x 224 images, the 112 x 112 synthetic face model's geometry, sampler and
-visibility included. ``small_cnn`` is configs/synthetic.py's localiser (64 x 64 input);
-``vgg16`` is the VGG-Face network of configs/matconvnet.py (224 x 224 input). Each figure is
+visibility included. ``small_cnn`` is the synthetic config's localiser (64 x 64 input);
+``vgg16`` is the VGG-Face network of the matconvnet config (224 x 224 input). Each figure is
 the median step time after one compile-and-warm-up step. FLOPs are XLA's own count for the
 compiled step (cost_analysis); the fraction of peak uses the device's dense peak for the
 compute dtype (table below; pass --peak-tflops to override).
@@ -30,8 +30,6 @@ import numpy as np
 from jax3dmmstn import training
 from jax3dmmstn import configs as config_files
 from jax3dmmstn.facemodel.synthetic import synthetic_face_model
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Dense peak TFLOP/s by device kind: (float32 without tensor cores, bfloat16 tensor cores).
 PEAK_TFLOPS = {
@@ -117,8 +115,10 @@ def bench(localiser: str, batch: int, steps: int, dtype: str, peak_override) -> 
     return result
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="jax3dmmstn benchmark train_step", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--localisers", default="small_cnn,vgg16")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument(
@@ -130,7 +130,7 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     on_cpu = jax.devices()[0].platform == "cpu"
     results = []
     print(

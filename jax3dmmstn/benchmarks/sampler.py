@@ -1,8 +1,8 @@
 """Bilinear sampler speed: jax3dmmstn.core.sampler vs torch grid_sample, forward + backward.
 
-    python benchmarks/sampler.py            # full run (a few minutes on 2 cores)
-    python benchmarks/sampler.py --quick    # short run
-    python benchmarks/sampler.py --json out.json
+    jax3dmmstn benchmark sampler          # full run (a few minutes on 2 cores)
+    jax3dmmstn benchmark sampler --quick  # short run
+    jax3dmmstn benchmark sampler --json out.json
 
 What is timed, in ONE process, on the CPU:
 
@@ -47,7 +47,7 @@ def _import_torch():
         import torch  # pylint: disable=import-outside-toplevel
     except ImportError:
         sys.exit(
-            "benchmarks/sampler.py compares against torch.nn.functional."
+            "jax3dmmstn benchmark sampler compares against torch.nn.functional."
             "grid_sample, but torch is not installed: pip install "
             "'jax3dmmstn[torch]' (or pip install torch)."
         )
@@ -211,7 +211,9 @@ def _table(rows: list[dict], title: str) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="jax3dmmstn benchmark sampler", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repeats and configurations")
     parser.add_argument(
         "--repeats",
