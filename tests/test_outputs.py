@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from jax3dmmstn import outputs
+from jax3dmmstn.core import theta as theta_lib
 from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
 
@@ -40,9 +41,8 @@ def _frontal_image(model, size=160):
     from jax3dmmstn.core import visibility
 
     logs = float(geometry.scale_to_log_scale(np.float32(0.6)))
-    theta = np.zeros((1, 6 + model.n_components), np.float32)
-    theta[0, 3:5] = size / 2
-    theta[0, 5] = logs
+    frontal, centred = np.zeros((1, 3), np.float32), np.full((1, 2), size / 2, np.float32)
+    theta = theta_lib.merge(frontal, centred, logs, np.zeros((1, model.n_components), np.float32))
     projection = geometry.project_theta(theta, model.mean, model.basis)
     visible = np.asarray(visibility.vertex_visibility(projection.rotated, model.faces))[0] > 0
     pixels = np.asarray(geometry.image_frame_to_pixels(projection.points2d, (size, size)))[0]
@@ -65,7 +65,7 @@ def test_uv_texture_png_is_right_side_up(model, tmp_path):
         image[0],
         texture,
         mask,
-        model.shape(theta[0, 6:]),
+        model.shape(theta_lib.shape_weights(theta[0])),
         model.faces,
         model.uv,
         np.asarray(points2d[0]),

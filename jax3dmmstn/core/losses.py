@@ -16,8 +16,6 @@ non-zero values. ``nonzero_as_mask=True`` reproduces that rule.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -33,7 +31,7 @@ def _check_reduction(reduction: str) -> None:
 def landmark_loss(
     predicted: jax.Array,
     target: jax.Array,
-    visibility: Optional[jax.Array] = None,
+    visibility: jax.Array | None = None,
     *,
     reduction: str,
 ) -> jax.Array:
@@ -107,7 +105,7 @@ def _normalised(total, count, reduction):
 
 def symmetry_loss(
     texture: jax.Array,
-    mask: Optional[jax.Array] = None,
+    mask: jax.Array | None = None,
     nonzero_as_mask: bool = False,
     *,
     reduction: str,
@@ -136,7 +134,7 @@ def symmetry_loss(
 
 def siamese_loss(
     texture: jax.Array,
-    mask: Optional[jax.Array] = None,
+    mask: jax.Array | None = None,
     nonzero_as_mask: bool = False,
     mirror_pairs: bool = False,
     *,

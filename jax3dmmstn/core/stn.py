@@ -82,4 +82,3 @@ def compose_from_theta(
             masked_texture=visibility.apply_mask(texture, mask),
         )
     return out
-

@@ -6,9 +6,10 @@ rotated mesh, has a non-negative z component (z points towards the viewer).
 Face normal convention (the original's, kept so that its models work unchanged):
 for a face (v1, v2, v3) with positions p1, p2, p3 the normal is
 ``cross(p2 - p1, p2 - p3)`` (:func:`face_normals`, the one copy of the formula);
-each corner adds it times the corner's angle to its vertex. The original's MATLAB ``normals(v1,:) = normals(v1,:) + w`` keeps only
-one face's contribution per vertex when an index repeats; here contributions
-are summed (a true scatter-add). ``jax3dmmstn.matconvnet.vl_nnvisibilitymask``
+each corner adds it times the corner's angle to its vertex. The original's
+MATLAB ``normals(v1,:) = normals(v1,:) + w`` keeps only one face's contribution
+per vertex when an index repeats; here contributions are summed (a true
+scatter-add). ``jax3dmmstn.matconvnet.vl_nnvisibilitymask``
 reproduces the original's accumulation exactly.
 """
 
