@@ -210,7 +210,7 @@ def _table(rows: list[dict], title: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jax3dmmstn benchmark sampler", description=__doc__.split("\n")[0]
     )
@@ -228,33 +228,51 @@ def main(argv=None) -> dict:
         help="also time the JAX forward pass, d/dgrid and "
         "d/dimage separately (B = 32, 112² output)",
     )
-    args = parser.parse_args(argv)
+    return parser
 
-    torch = _import_torch()
-    cores = os.cpu_count() or 1
-    torch.set_num_threads(cores)
-    repeats = args.repeats or (7 if args.quick else 30)
-    warmup = 2 if args.quick else 3
-    in_size = 224
 
+def _load_average():
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
+def _machine_info(torch, repeats: int, warmup: int) -> dict:
+    """Versions, threads and load; printed as the report's header."""
     info = dict(
-        cores=cores,
+        cores=os.cpu_count() or 1,
         torch_threads=torch.get_num_threads(),
         jax=jax.__version__,
         torch=torch.__version__,
         backend=jax.default_backend(),
         machine=platform.processor() or platform.machine(),
-        load_average_start=os.getloadavg() if hasattr(os, "getloadavg") else None,
+        load_average_start=_load_average(),
     )
     print(
         f"# Bilinear sampler, forward + backward, {info['backend']} "
-        f"({cores} cores); torch {info['torch']} with "
+        f"({info['cores']} cores); torch {info['torch']} with "
         f"{info['torch_threads']} threads, jax {info['jax']}"
     )
     print(
         f"# median of {repeats} repeats after {warmup} warm-up runs; "
         f"load average at start {info['load_average_start']}\n"
     )
+    return info
+
+
+def _print_pieces(pieces: dict) -> None:
+    print("\n**JAX pieces (B = 32, 224² -> 112², each jitted alone)**\n")
+    print("| computation | ms |\n|---|---:|")
+    for name, seconds in pieces.items():
+        print(f"| {name} | {1e3 * seconds:.1f} |")
+
+
+def main(argv=None) -> dict:
+    args = _parser().parse_args(argv)
+    torch = _import_torch()
+    torch.set_num_threads(os.cpu_count() or 1)
+    repeats = args.repeats or (7 if args.quick else 30)
+    warmup = 2 if args.quick else 3
+    in_size = 224
+    info = _machine_info(torch, repeats, warmup)
 
     run = lambda b, o, g: measure(torch, b, in_size, o, repeats, warmup, g)
     headline = [run(32, 112, False), run(32, 112, True)]
@@ -263,7 +281,6 @@ def main(argv=None) -> dict:
         f"\nJAX / torch time, image + grid gradients: {headline[0]['ratio']:.2f}"
         f"; grid gradient only: {headline[1]['ratio']:.2f}\n"
     )
-
     batches = (1, 32) if args.quick else (1, 8, 32, 64)
     by_batch = [run(b, 112, False) for b in batches]
     print(_table(by_batch, "Scaling with the batch (output 112²)"))
@@ -275,12 +292,8 @@ def main(argv=None) -> dict:
     pieces = None
     if args.pieces:
         pieces = measure_pieces(32, in_size, 112, repeats, warmup)
-        print("\n**JAX pieces (B = 32, 224² -> 112², each jitted alone)**\n")
-        print("| computation | ms |\n|---|---:|")
-        for name, seconds in pieces.items():
-            print(f"| {name} | {1e3 * seconds:.1f} |")
-
-    info["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+        _print_pieces(pieces)
+    info["load_average_end"] = _load_average()
     print(f"\n# load average at end {info['load_average_end']}")
     results = dict(
         info=info, headline=headline, by_batch=by_batch, by_output_size=by_size, jax_pieces_s=pieces
