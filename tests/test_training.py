@@ -2,16 +2,19 @@
 
 The device-count tests run the real training loop (``train_and_evaluate``) in subprocesses:
 8 host CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8) with pmap, and two
-processes joined by jax.distributed over gloo, each compared with one device; and a run that
-is SIGKILLed mid-way and resumed, compared with an uninterrupted run.
+processes joined by jax.distributed over gloo, each compared with one device; and a
+``train.py`` run that is SIGKILLed from outside mid-way and resumed, compared with an
+uninterrupted run.
 """
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -139,7 +142,7 @@ def test_loss_composition_sum_and_mean():
     )
     assert float(means["landmark"]) == pytest.approx(25.0, rel=1e-5)
     assert float(means["prior"]) == pytest.approx(0.5)
-    # Texture terms: the lead's losses with the original's count normalisation.
+    # Texture terms: core.losses' mean reduction (sum / count of visible values).
     texture, mask = outputs["texture"], outputs["mask"]
     expected_siamese = loss_lib.siamese_loss(texture, mask, reduction="mean")
     expected_symmetry = loss_lib.symmetry_loss(texture, mask, reduction="mean")
@@ -292,9 +295,7 @@ _WORKER = textwrap.dedent('''
     config.progress_bar = False
     config.log_every = 1
     config.data.prefetch = 0
-    config.parallel = "jit" if mode in ("single", "kill", "resume") else "pmap"
-    if mode == "kill":
-        config.debug_kill_at_step = 3
+    config.parallel = "jit" if mode == "single" else "pmap"
 
     model = synthetic_face_model(16)
 
@@ -443,27 +444,122 @@ def test_two_processes_with_jax_distributed_equal_one_device(tmp_path, single_de
     _assert_same_params(_final_params(workdir), single_device_run, atol=1e-5)
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_to_identical_parameters(tmp_path, single_device_run):
-    workdir = tmp_path / "work"
-    killed = _run_worker(tmp_path, "kill", workdir)
-    assert killed.returncode == -9, killed.stderr[-4000:]  # SIGKILL after step 3
-    steps = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
-    assert steps == [2]  # the periodic checkpoint before the kill; nothing after it
-    resumed = _run_worker(tmp_path, "resume", workdir)
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert "STEP 6" in resumed.stdout
-    got = _final_params(workdir)
-    assert sorted(got) == sorted(single_device_run)
-    for key in single_device_run:
-        np.testing.assert_array_equal(got[key], single_device_run[key], err_msg=key)
-    # The metrics log has each step once, as if the run had not been interrupted.
-    from jax3dmmstn.evaluation import read_metrics
+# train.py on a tiny synthetic set-up: a checkpoint after every step (Orbax waits for the
+# previous save before the next, so the run takes seconds: time to kill it mid-way).
+_TRAIN_STEPS = 40
+_TRAIN_FLAGS = (
+    "--config.morphable_model.resolution=16",
+    "--config.data.image_size=(64,64)",
+    "--config.data.train_size=32",
+    "--config.data.eval_size=4",
+    "--config.data.eval_batch_size=4",
+    "--config.data.prefetch=0",
+    "--config.model.localiser_input_size=(16,16)",
+    "--config.batch_size=4",
+    f"--config.total_steps={_TRAIN_STEPS}",
+    "--config.checkpoint_every=1",
+    "--config.eval_every=0",
+    "--config.log_every=1",
+    "--config.snapshots=False",
+    "--config.progress_bar=False",
+    "--config.max_train_seconds=0",
+    "--config.parallel=jit",
+)
 
-    steps_logged = [
-        r["step"] for r in read_metrics(str(workdir / "metrics.jsonl")) if r["split"] == "train"
+
+def _train_py(workdir):
+    """Starts ``python train.py`` (the synthetic config with _TRAIN_FLAGS) in the background.
+
+    Its output goes to files (a full pipe nobody reads would stall it): see :func:`_log`.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    command = [
+        sys.executable,
+        os.path.join(REPO, "train.py"),
+        f"--config={os.path.join(REPO, 'jax3dmmstn', 'configs', 'synthetic.py')}",
+        f"--workdir={workdir}",
+        *_TRAIN_FLAGS,
     ]
-    assert steps_logged == sorted(set(steps_logged))
+    env = dict(os.environ, XLA_FLAGS="")
+    with open(_log(workdir), "a") as log:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _log(workdir):
+    return f"{workdir}.log"
+
+
+def _log_tail(workdir):
+    with open(_log(workdir)) as handle:
+        return handle.read()[-4000:]
+
+
+def _checkpoint_steps(workdir):
+    """Steps of the completed checkpoints (Orbax renames a checkpoint to its step when done)."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def _kill_after_checkpoint(process, workdir, step, timeout=300.0):
+    """SIGKILLs ``process`` as soon as a checkpoint of ``step`` or later exists in workdir."""
+    deadline = time.monotonic() + timeout
+    while not any(s >= step for s in _checkpoint_steps(workdir)):
+        if process.poll() is not None:
+            pytest.fail(
+                f"train.py exited (code {process.returncode}) before it saved the checkpoint "
+                f"of step {step}, so it could not be killed mid-way:\n{_log_tail(workdir)}"
+            )
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            pytest.fail(
+                f"no checkpoint of step {step} in {workdir} after {timeout:.0f} s "
+                f"(have {_checkpoint_steps(workdir)}):\n{_log_tail(workdir)}"
+            )
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    return process.wait(timeout=60)
+
+
+def _finish(process, workdir, timeout=600):
+    try:
+        returncode = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        pytest.fail(f"train.py ran over {timeout} s:\n{_log_tail(workdir)}")
+    assert returncode == 0, _log_tail(workdir)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_parameters(tmp_path):
+    uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
+    reference = _train_py(uninterrupted)  # runs alongside the one that gets killed
+    returncode = _kill_after_checkpoint(_train_py(killed), killed, step=3)
+    _finish(reference, uninterrupted)
+    assert returncode == -signal.SIGKILL, "train.py finished before it could be killed"
+    steps = _checkpoint_steps(killed)
+    assert steps and 3 <= steps[-1] < _TRAIN_STEPS  # killed mid-way, after step 3's save
+    assert not (killed / "final_metrics.json").exists()
+    _finish(_train_py(killed), killed)  # resumes from the latest complete checkpoint
+    summary = json.loads((killed / "final_metrics.json").read_text())
+    assert summary["step"] == _TRAIN_STEPS and summary["resumed_from"] >= 3
+    got, want = training.load_trained(str(killed)), training.load_trained(str(uninterrupted))
+    assert got.step == want.step == _TRAIN_STEPS
+    got_leaves = jax.tree_util.tree_leaves_with_path(got.params)
+    want_leaves = jax.tree_util.tree_leaves_with_path(want.params)
+    assert [k for k, _ in got_leaves] == [k for k, _ in want_leaves]
+    for (key, a), (_, b) in zip(got_leaves, want_leaves):
+        np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(key))
+    # The metrics log has each step once, as if the run had not been interrupted.
+    steps_logged = [
+        r["step"]
+        for r in training.read_metrics(str(killed / "metrics.jsonl"))
+        if r["split"] == "train"
+    ]
+    assert steps_logged == list(range(1, _TRAIN_STEPS + 1))
 
 
 @pytest.mark.slow
@@ -476,11 +572,42 @@ def test_rows_of_a_run_killed_before_its_first_checkpoint_are_dropped(tmp_path):
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stale))
     result = _run_worker(tmp_path, "single", workdir)
     assert result.returncode == 0, result.stderr[-4000:]
-    from jax3dmmstn.evaluation import read_metrics
-
-    rows = [r for r in read_metrics(str(workdir / "metrics.jsonl")) if r["split"] == "train"]
+    rows = [
+        r for r in training.read_metrics(str(workdir / "metrics.jsonl")) if r["split"] == "train"
+    ]
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert not any(r.get("stale") for r in rows)
+
+
+# ------------------------------------------------------------------------ multi-host set-up
+def test_initialize_distributed_modes(monkeypatch):
+    from jax3dmmstn.training import parallel
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(jax.config, "update", lambda *a: calls.append(a))
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    training.initialize_distributed()  # env mode, no address: a single process
+    training.initialize_distributed("off", coordinator_address="h:1")
+    assert calls == []
+    with pytest.raises(ValueError, match="number of processes"):
+        training.initialize_distributed(coordinator_address="h:1", num_processes=2)
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "h:2")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "1")
+    training.initialize_distributed(cpu_collectives="mpi")
+    assert calls == [
+        ("jax_cpu_collectives_implementation", "mpi"),
+        dict(coordinator_address="h:2", num_processes=2, process_id=1),
+    ]
+    calls.clear()
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(name)
+    parallel.initialize_distributed("auto")  # cluster auto-detection: no arguments
+    assert calls[-1] == {}
+    with pytest.raises(ValueError, match="'env', 'auto' or 'off'"):
+        training.initialize_distributed("yes")
 
 
 # ------------------------------------------------------------------------ configs, head init
@@ -595,4 +722,4 @@ def test_curves_and_snapshots_are_written(tmp_path):
     assert Image.open(path).size[1] > 200
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp.png")]
     (tmp_path / "m.jsonl").write_text('{"step": 1, "split": "train"}\n{"step": 2, "spl')
-    assert evaluation.read_metrics(str(tmp_path / "m.jsonl")) == [{"step": 1, "split": "train"}]
+    assert training.read_metrics(str(tmp_path / "m.jsonl")) == [{"step": 1, "split": "train"}]

@@ -100,5 +100,4 @@ def get_config() -> ml_collections.ConfigDict:
     config.snapshots = True
     config.progress_bar = True
     config.final_eval = True
-    config.debug_kill_at_step = -1
     return config

@@ -116,5 +116,4 @@ def get_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.snapshots = True
     config.progress_bar = True
-    config.debug_kill_at_step = -1  # tests: SIGKILL the run after this step
     return config

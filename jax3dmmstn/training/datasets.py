@@ -1,0 +1,182 @@
+"""The data of a run, from ``config.data``: a training source for
+:class:`~jax3dmmstn.data.batching.BatchIterator` and the list of held-out batches.
+
+kind 'synthetic': rendered faces of the morphable model (held-out set from its own stream);
+'imdb': the original's imdb.mat (set 1 train, set 2 held out);
+'tfds': tensorflow-datasets the300w_lp (train) and aflw2k3d (held out), cropped to
+image_size around the landmarks.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from jax3dmmstn.data import batching, loaders, preprocess, render, synthetic
+
+# What training and evaluation read from a synthetic example.
+_SYNTHETIC_KEYS = ("image", "landmarks", "landmark_visible", "theta")
+_KINDS = ("synthetic", "imdb", "tfds")
+
+
+class InMemorySource:
+    """A finite BatchSource over arrays held in memory (``arrays[key][i]`` is example i)."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]):
+        sizes = {len(v) for v in arrays.values()}
+        if len(sizes) != 1:
+            lengths = {k: len(v) for k, v in arrays.items()}
+            raise ValueError(f"arrays of different lengths: {lengths}")
+        self.arrays = dict(arrays)
+        self.num_examples = sizes.pop()
+
+    def load_batch(self, indices: np.ndarray, positions: np.ndarray | None = None) -> dict:
+        del positions
+        return {k: v[np.asarray(indices)] for k, v in self.arrays.items()}
+
+
+def as_batch_source(train) -> Any:
+    """A BatchSource (``load_batch``) of a training source or of an indexable dataset."""
+    return train if hasattr(train, "load_batch") else batching.DatasetSource(train)
+
+
+def synthetic_render_config(config) -> render.RenderConfig:
+    """The data's :class:`~jax3dmmstn.data.render.RenderConfig` from ``config.data.render``."""
+    size = tuple(int(v) for v in config.data.image_size)
+    if size[0] != size[1]:
+        raise ValueError(f"synthetic images are square; got data.image_size={size}")
+    options = dict(config.data.get("render", {}) or {})
+    if "face_height" in options:  # a (min, max) range; JSON configs bring it back as a list
+        options["face_height"] = tuple(options["face_height"])
+    return render.RenderConfig(
+        image_size=size[0], landmark_set=config.model.get("landmarks", "aflw21"), **options
+    )
+
+
+def _synthetic_train(config, morphable_model, renderer: render.FaceRenderer):
+    """Rendered training faces.
+
+    ``data.train_size`` > 0: a finite training set of that many faces, rendered once up front
+    and kept in memory when ``data.cache_train`` (cheap epochs; the renderer does not compete
+    with training for the CPU); 0: an endless stream rendered on the fly.
+    """
+    d = config.data
+    train_size = int(d.get("train_size", 0) or 0) or None
+    train = synthetic.SyntheticFaces(
+        morphable_model,
+        renderer.config,
+        seed=int(d.get("seed", config.seed)),
+        stream="train",
+        num_examples=train_size,
+        renderer=renderer,
+    )
+    if not (train_size and d.get("cache_train", True)):
+        return train
+    chunk = 256
+    parts = [
+        train.load_batch(np.arange(i, min(train_size, i + chunk)))
+        for i in range(0, train_size, chunk)
+    ]
+    return InMemorySource({k: np.concatenate([p[k] for p in parts]) for k in _SYNTHETIC_KEYS})
+
+
+def _synthetic_heldout(config, morphable_model, renderer: render.FaceRenderer) -> list:
+    """The held-out faces (examples 0..eval_size-1 of the 'heldout' stream) as batches."""
+    d = config.data
+    held_out = synthetic.heldout_set(
+        morphable_model,
+        int(d.eval_size),
+        renderer.config,
+        seed=int(d.get("seed", config.seed)),
+        renderer=renderer,
+    )
+    eval_batch = int(d.get("eval_batch_size", 64))
+    return [
+        {k: held_out[k][i : i + eval_batch] for k in _SYNTHETIC_KEYS}
+        for i in range(0, int(d.eval_size), eval_batch)
+    ]
+
+
+def _batches_from_dataset(dataset, count: int, batch_size: int, transform=None) -> list:
+    """The first ``count`` examples (all when 0) of an indexable dataset, collated in batches."""
+    count = min(int(count), len(dataset)) if count else len(dataset)
+    if count <= 0:
+        raise ValueError("the held-out dataset is empty")
+    batches = []
+    for start in range(0, count, batch_size):
+        examples = [dataset[i] for i in range(start, min(count, start + batch_size))]
+        if transform is not None:
+            examples = [transform(example) for example in examples]
+        batches.append(batching.collate(examples))
+    return batches
+
+
+def _check_kind(d) -> None:
+    if d.kind not in _KINDS:
+        raise ValueError(f"unknown data.kind {d.kind!r}; expected 'synthetic', 'imdb' or 'tfds'")
+    if d.kind == "imdb" and not d.path:
+        raise ValueError("config.data.path must point at imdb.mat for data.kind='imdb'")
+
+
+def _image_size(d) -> tuple[int, ...]:
+    return tuple(int(v) for v in d.image_size)
+
+
+def _tfds(d, name: str, split: str):
+    return loaders.load_tfds(name, split=split, data_dir=d.data_dir or None, on_error=d.on_error)
+
+
+def build_train_source(config, morphable_model, renderer: render.FaceRenderer | None = None):
+    """The training source of ``config.data`` (a BatchSource or an indexable dataset)."""
+    d = config.data
+    _check_kind(d)
+    if d.kind == "synthetic":
+        renderer = renderer or render.FaceRenderer(morphable_model, synthetic_render_config(config))
+        return _synthetic_train(config, morphable_model, renderer)
+    if d.kind == "imdb":
+        size = _image_size(d)
+        return loaders.load_imdb_mat(d.path, "train", on_error=d.on_error, expected_size=size)
+    augment = functools.partial(
+        preprocess.random_augment,
+        out_size=_image_size(d)[0],
+        margin=float(d.get("crop_margin", 0.25)),
+        max_shift=float(d.get("max_shift", 0.05)),
+        zoom_range=tuple(d.get("zoom_range", (0.9, 1.1))),
+    )
+    train = _tfds(d, d.tfds_name or "the300w_lp", d.split)
+    return batching.DatasetSource(train, augment, seed=int(config.seed))
+
+
+def build_heldout(config, morphable_model, renderer: render.FaceRenderer | None = None) -> list:
+    """The held-out batches of ``config.data`` (what training evaluates on), each a dict of
+    'image' [b, H, W, 3], 'landmarks' [b, L, 2], 'landmark_visible' [b, L] (+ 'theta'
+    [b, 6 + D] for synthetic faces)."""
+    d = config.data
+    _check_kind(d)
+    if d.kind == "synthetic":
+        renderer = renderer or render.FaceRenderer(morphable_model, synthetic_render_config(config))
+        return _synthetic_heldout(config, morphable_model, renderer)
+    eval_batch = int(d.get("eval_batch_size", 64))
+    if d.kind == "imdb":
+        size = _image_size(d)
+        held_out = loaders.load_imdb_mat(d.path, "val", on_error=d.on_error, expected_size=size)
+        return _batches_from_dataset(held_out, d.eval_size, eval_batch)
+    crop = functools.partial(
+        preprocess.crop_around_landmarks,
+        out_size=_image_size(d)[0],
+        margin=float(d.get("crop_margin", 0.25)),
+    )
+    held_out = _tfds(d, d.get("eval_tfds_name", "") or "aflw2k3d", d.eval_split)
+    return _batches_from_dataset(held_out, d.eval_size, eval_batch, crop)
+
+
+def build_data(config, morphable_model) -> tuple[Any, list]:
+    """(training source for BatchIterator, list of held-out batches) from ``config.data``."""
+    renderer = None
+    if config.data.kind == "synthetic":  # one renderer (its set-up is not free) for both
+        renderer = render.FaceRenderer(morphable_model, synthetic_render_config(config))
+    train = build_train_source(config, morphable_model, renderer)
+    return train, build_heldout(config, morphable_model, renderer)
