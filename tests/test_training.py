@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from jax3dmmstn.core import losses as loss_lib
+from jax3dmmstn.core import theta as theta_lib
 from jax3dmmstn import training
 from jax3dmmstn.configs import load_config
 
@@ -659,10 +660,11 @@ def test_head_init_from_landmarks_recovers_scale_and_translation():
     }
     new = training.init_head_from_landmarks(params, face_model, idx, landmarks, visible)
     bias = new["theta_head"]["dense"]["bias"]
-    np.testing.assert_allclose(bias[3:5], translation, atol=1e-3)
-    np.testing.assert_allclose(0.99 ** bias[5], scale, rtol=1e-5)
-    np.testing.assert_array_equal(bias[6:], 0.0)
-    theta = np.concatenate([[0, 0, 0], bias[3:5], [bias[5]], np.zeros(10)])[None]
+    parts = theta_lib.split(bias)
+    np.testing.assert_allclose(parts.t, translation, atol=1e-3)
+    np.testing.assert_allclose(0.99**parts.logs, scale, rtol=1e-5)
+    np.testing.assert_array_equal(parts.alpha, 0.0)
+    theta = theta_lib.merge(np.zeros(3), parts.t, parts.logs, np.zeros(10))[None]
     projected = geometry.project_theta(
         theta.astype(np.float32), face_model.mean, face_model.basis
     ).points2d
