@@ -26,8 +26,27 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.name = "synthetic"
     config.seed = 0
+    config.morphable_model = _morphable_model()
+    config.data = _data()
+    config.model = _model()
+    config.loss = _loss()
+    config.optim = _optim()
+    config.batch_size = 16  # global, before mirroring (the model sees 2x)
+    config.total_steps = 2000
+    config.max_train_seconds = 1020.0  # safety net: stop (and evaluate) after 17 min of training
+    config.parallel = "auto"  # 'jit' (one device), 'pmap' (all devices) or 'auto'
+    config.log_every = 25
+    config.eval_every = 250
+    config.checkpoint_every = 500
+    config.keep_checkpoints = 3
+    config.snapshots = True
+    config.progress_bar = True
+    return config
 
-    config.morphable_model = ml_collections.ConfigDict(
+
+def _morphable_model() -> ml_collections.ConfigDict:
+    """The built-in synthetic face model (56 x 56 UV grid, 5 identity + 5 expression components)."""
+    return ml_collections.ConfigDict(
         dict(
             kind="synthetic",
             path="",
@@ -39,7 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
-    config.data = ml_collections.ConfigDict(
+
+def _data() -> ml_collections.ConfigDict:
+    """Rendered faces: a cached training set and a held-out set, with their mirrors."""
+    return ml_collections.ConfigDict(
         dict(
             kind="synthetic",
             image_size=(224, 224),
@@ -67,7 +89,10 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
-    config.model = ml_collections.ConfigDict(
+
+def _model() -> ml_collections.ConfigDict:
+    """A small CNN on a 64 x 64 copy of the image; theta head biases fitted from the data."""
+    return ml_collections.ConfigDict(
         dict(
             localiser="small_cnn",
             localiser_input_size=(64, 64),
@@ -81,7 +106,10 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
-    config.loss = ml_collections.ConfigDict(
+
+def _loss() -> ml_collections.ConfigDict:
+    """Mean-reduced losses (the original sums them; see the module docstring)."""
+    return ml_collections.ConfigDict(
         dict(
             reduction="mean",
             siamese_mirror_pairs=True,
@@ -91,7 +119,10 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
-    config.optim = ml_collections.ConfigDict(
+
+def _optim() -> ml_collections.ConfigDict:
+    """Adam with warm-up and cosine decay; the original's head learning-rate multipliers."""
+    return ml_collections.ConfigDict(
         dict(
             optimizer="adam",
             learning_rate=1e-3,
@@ -105,15 +136,3 @@ def get_config() -> ml_collections.ConfigDict:
             momentum=0.9,
         )
     )
-
-    config.batch_size = 16  # global, before mirroring (the model sees 2x)
-    config.total_steps = 2000
-    config.max_train_seconds = 1020.0  # safety net: stop (and evaluate) after 17 min of training
-    config.parallel = "auto"  # 'jit' (one device), 'pmap' (all devices) or 'auto'
-    config.log_every = 25
-    config.eval_every = 250
-    config.checkpoint_every = 500
-    config.keep_checkpoints = 3
-    config.snapshots = True
-    config.progress_bar = True
-    return config
