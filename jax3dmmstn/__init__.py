@@ -1,26 +1,28 @@
 """jax3dmmstn: 3D Morphable Models as Spatial Transformer Networks in JAX.
 
-Modules: ``geometry`` (3DMM shape, Rodrigues, projection, grid), ``sampler``
-(MatConvNet-exact bilinear sampler), ``visibility`` (self-occlusion mask),
-``losses``, ``matconvnet`` (the original's layers in MATLAB layouts),
-``morphable_model`` / ``synthetic_model`` / ``bfm`` (face models), ``data``,
-``model`` (Flax STN), ``training``, ``evaluation``, ``fitting``, ``outputs``.
-Heavier modules (``data``, ``model``, ``training``) are imported on use.
+Folders follow the data's path: ``core`` (theta's layout, geometry, sampler,
+visibility, losses, the STN chain), ``facemodel`` (morphable models), ``data``
+(readers, renderer, batching), ``network`` (localisers, the Flax STN), ``training``,
+``evaluation``, ``fitting``, ``outputs``, ``matconvnet`` (the original's layers in
+MATLAB layouts), ``configs`` and ``cli`` (the ``jax3dmmstn`` command).
+The core modules are importable from the top (``from jax3dmmstn import geometry``);
+the heavier folders (``data``, ``network``, ``training``) are imported on use.
 """
 
 from jax3dmmstn import matconvnet
-from jax3dmmstn.core import geometry
-from jax3dmmstn.core import losses
-from jax3dmmstn.core import sampler
-from jax3dmmstn.core import visibility
-from jax3dmmstn.facemodel.bfm import build_bfm_model
+from jax3dmmstn.core import geometry, losses, sampler, theta, visibility
 from jax3dmmstn.core.geometry import axis_angle_to_matrix, project_theta
-from jax3dmmstn.facemodel.morphable_model import MorphableModel, load_matconvnet_model, read_anl
 from jax3dmmstn.core.sampler import bilinear_sample
-from jax3dmmstn.facemodel.synthetic import synthetic_face_model
-
+from jax3dmmstn.facemodel import (
+    MorphableModel,
+    build_bfm_model,
+    load_matconvnet_model,
+    read_anl,
+    synthetic_face_model,
+)
 
 __all__ = [
+    "theta",
     "geometry",
     "losses",
     "matconvnet",

@@ -42,7 +42,9 @@ def test_core_snippet_runs_and_computes_the_stn_chain():
     assert names["mask"].shape == (batch, res, res, 1)
     # A frontal face sees most of itself; the masked texture is zero where the mask is.
     assert 0.5 < float(jnp.mean(names["mask"])) < 1.0
-    np.testing.assert_array_equal(np.asarray(names["masked"])[np.asarray(names["mask"])[..., 0] == 0], 0)
+    np.testing.assert_array_equal(
+        np.asarray(names["masked"])[np.asarray(names["mask"])[..., 0] == 0], 0
+    )
     # The landmark loss is the summed squared distance to the image centre.
     expected = np.sum((np.asarray(names["landmarks"]) - height / 2) ** 2)
     np.testing.assert_allclose(float(names["loss"]), expected, rtol=1e-5)

@@ -447,7 +447,7 @@ def test_two_processes_with_jax_distributed_equal_one_device(tmp_path, single_de
 
 # train.py on a tiny synthetic set-up: a checkpoint after every step (Orbax waits for the
 # previous save before the next, so the run takes seconds: time to kill it mid-way).
-_TRAIN_STEPS = 40
+_TRAIN_STEPS = 12
 _TRAIN_FLAGS = (
     "--config.morphable_model.resolution=16",
     "--config.data.image_size=(64,64)",
