@@ -10,7 +10,7 @@ the heavier folders (``data``, ``network``, ``training``) are imported on use.
 """
 
 from jax3dmmstn import matconvnet
-from jax3dmmstn.core import geometry, losses, sampler, theta, visibility
+from jax3dmmstn.core import geometry, losses, pose, sampler, theta, visibility
 from jax3dmmstn.core.geometry import axis_angle_to_matrix, project_theta
 from jax3dmmstn.core.sampler import bilinear_sample
 from jax3dmmstn.facemodel import (

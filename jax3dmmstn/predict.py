@@ -116,13 +116,13 @@ def predict(trained, images: np.ndarray, names: Sequence[str]):
     """The network's outputs for ``images`` as ``fitting.cli.FitResults``."""
     import jax
 
-    from jax3dmmstn.core import geometry
+    from jax3dmmstn.core import pose
     from jax3dmmstn.fitting.cli import FitResults
 
     out = jax.jit(trained.model.apply)({"params": trained.params}, images)
     theta = np.asarray(out["theta"])
     predicted = np.asarray(out["landmarks"])
-    ypr = np.asarray(geometry.matrix_to_yaw_pitch_roll(out["R"]))
+    ypr = np.asarray(pose.matrix_to_pose(out["R"]))
     report = [
         {
             "name": name,

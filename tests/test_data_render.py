@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jax3dmmstn.core import geometry
+from jax3dmmstn.core import pose
 from jax3dmmstn.core import sampler
 from jax3dmmstn.data import preprocess, render, surface, synthetic
 from jax3dmmstn.facemodel.synthetic import synthetic_face_model
@@ -40,7 +41,7 @@ def _scenes(renderer, seeds, **overrides):
 def _theta_for_pose(renderer, scenes, ypr):
     """scenes' theta with the rotation replaced by (yaw, pitch, roll) degrees."""
     ypr = np.asarray(ypr, np.float32).reshape(-1, 3)
-    r = np.asarray(geometry.matrix_to_axis_angle(geometry.yaw_pitch_roll_to_matrix(ypr)))
+    r = np.asarray(geometry.matrix_to_axis_angle(pose.pose_to_matrix(ypr)))
     scenes["theta"][:, :3] = r
     scenes["pose"][:] = ypr
     return scenes
@@ -55,7 +56,7 @@ def test_landmarks_are_the_stn_projection_of_theta(model, plain):
         )
     np.testing.assert_array_equal(out["landmarks"], out["landmarks_aflw21"])
     # theta's rotation is the drawn pose, and scale uses s = 0.99 ** logs.
-    ypr = geometry.matrix_to_yaw_pitch_roll(geometry.axis_angle_to_matrix(out["theta"][:, :3]))
+    ypr = pose.matrix_to_pose(geometry.axis_angle_to_matrix(out["theta"][:, :3]))
     np.testing.assert_allclose(ypr, out["pose"], atol=1e-3)
     config = plain.config
     assert np.all(np.abs(out["pose"]) <= [config.max_yaw, config.max_pitch, config.max_roll])
@@ -189,9 +190,9 @@ def test_large_yaw_hides_the_far_ear_and_shows_the_near_one(plain, yaw):
     scenes = _theta_for_pose(plain, _scenes(plain, [7]), [yaw, 0.0, 0.0])
     visible = plain.render(scenes)["landmark_visible"][0]
     left_ear, right_ear = 12, 16  # AFLW order: left ear (image left), right ear
-    # Positive yaw turns the nose to the image right: the image-left side of the
-    # head comes towards the camera.
-    near, far = (left_ear, right_ear) if yaw > 0 else (right_ear, left_ear)
+    # Positive yaw (the datasets' convention) turns the nose to the image left: the
+    # image-right side of the head comes towards the camera.
+    near, far = (right_ear, left_ear) if yaw > 0 else (left_ear, right_ear)
     assert visible[near] == 1.0 and visible[far] == 0.0
     frontal = plain.render(_theta_for_pose(plain, _scenes(plain, [7]), [0, 0, 0]))
     assert frontal["landmark_visible"][0, :12].all()  # brows and eyes

@@ -94,21 +94,6 @@ def test_matrix_to_axis_angle_round_trip():
     assert np.all(np.minimum(same, np.where(angles > np.pi - 1e-5, flipped, 1)) < 1e-7)
 
 
-def test_yaw_pitch_roll_convention_and_round_trip():
-    # Yaw +90: the nose (+z) turns towards +x.
-    rot = G.yaw_pitch_roll_to_matrix(jnp.array([90.0, 0, 0]))
-    np.testing.assert_allclose(rot @ jnp.array([0, 0, 1.0]), [1, 0, 0], atol=1e-12)
-    # Pitch +90: the nose turns down (-y).
-    rot = G.yaw_pitch_roll_to_matrix(jnp.array([0, 90.0, 0]))
-    np.testing.assert_allclose(rot @ jnp.array([0, 0, 1.0]), [0, -1, 0], atol=1e-12)
-    # Roll +90: x axis goes to y (counter-clockwise with y up).
-    rot = G.yaw_pitch_roll_to_matrix(jnp.array([0, 0, 90.0]))
-    np.testing.assert_allclose(rot @ jnp.array([1.0, 0, 0]), [0, 1, 0], atol=1e-12)
-    ypr = np.random.default_rng(3).uniform([-89, -179, -179], [89, 179, 179], size=(100, 3))
-    back = G.matrix_to_yaw_pitch_roll(G.yaw_pitch_roll_to_matrix(jnp.asarray(ypr)))
-    np.testing.assert_allclose(back, ypr, atol=1e-9)
-
-
 def test_projection_chain_closed_form():
     rng = np.random.default_rng(4)
     n, d = 16, 4

@@ -18,6 +18,7 @@ from PIL import Image
 from jax3dmmstn import training
 from jax3dmmstn import predict as predict_cli
 from jax3dmmstn.core import geometry
+from jax3dmmstn.core import pose
 from jax3dmmstn.configs import load_config
 from jax3dmmstn.data import SyntheticFaces
 
@@ -104,7 +105,7 @@ def test_predict_writes_the_networks_theta_landmarks_textures_and_meshes(run, tm
         assert theta.shape == (n_theta,) and np.all(np.isfinite(theta))
         np.testing.assert_allclose(theta, expected["theta"][i], rtol=1e-5, atol=1e-5)
         ypr = np.array(entry["yaw_pitch_roll_degrees"])
-        true_ypr = np.asarray(geometry.matrix_to_yaw_pitch_roll(expected["R"][i]))
+        true_ypr = np.asarray(pose.matrix_to_pose(expected["R"][i]))
         np.testing.assert_allclose(ypr, true_ypr, atol=1e-3)
         landmarks = np.array(entry["landmarks"])
         assert landmarks.shape == (21, 2)

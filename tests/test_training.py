@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from jax3dmmstn.core import losses as loss_lib
+from jax3dmmstn.core import pose
 from jax3dmmstn.core import theta as theta_lib
 from jax3dmmstn import training
 from jax3dmmstn.configs import load_config
@@ -691,8 +692,8 @@ def test_nme_pose_and_shape_errors_closed_form():
     with pytest.raises(ValueError, match="zero-area"):
         evaluation.landmark_nme(predicted, np.zeros_like(target), visible)
 
-    true_rotation = np.asarray(geometry.yaw_pitch_roll_to_matrix(np.array([[20.0, -5.0, 3.0]])))
-    pred_rotation = np.asarray(geometry.yaw_pitch_roll_to_matrix(np.array([[26.0, -5.0, 3.0]])))
+    true_rotation = np.asarray(pose.pose_to_matrix(np.array([[20.0, -5.0, 3.0]])))
+    pred_rotation = np.asarray(pose.pose_to_matrix(np.array([[26.0, -5.0, 3.0]])))
     errors = evaluation.pose_errors(pred_rotation, true_rotation)
     np.testing.assert_allclose(errors["yaw"], [6.0], atol=1e-3)
     np.testing.assert_allclose(errors["mae"], [2.0], atol=1e-3)

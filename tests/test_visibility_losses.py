@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jax3dmmstn.core import geometry as G
+from jax3dmmstn.core import pose
 from jax3dmmstn.core import losses as L
 from jax3dmmstn.core import visibility as V
 from jax3dmmstn.facemodel.morphable_model import grid_faces
@@ -47,7 +48,7 @@ def test_visibility_frontal_and_profile():
     mask = V.visibility_mask(jnp.asarray(verts), faces)
     assert mask.shape == (1, 24, 24, 1)
     assert float(mask.mean()) == 1.0
-    rot = G.yaw_pitch_roll_to_matrix(jnp.array([[90.0, 0, 0]]))
+    rot = pose.pose_to_matrix(jnp.array([[-90.0, 0, 0]]))  # the nose turns to +x
     rotated = G.rotate(jnp.asarray(verts), rot)
     mask = np.asarray(V.visibility_mask(rotated, faces))[0, :, :, 0]
     # Turned towards +x: the u > 0.5 half (x > 0, now facing away) is hidden.

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax3dmmstn import fitting
-from jax3dmmstn.core import geometry
+from jax3dmmstn.core import geometry, pose
+from jax3dmmstn.core import theta as theta_lib
 from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
 
@@ -22,11 +23,11 @@ def make_inputs(model, batch, seed=0):
     ypr = np.stack(
         [rng.uniform(-60, 60, batch), rng.uniform(-25, 25, batch), rng.uniform(-25, 25, batch)], 1
     )
-    r = np.asarray(geometry.matrix_to_axis_angle(geometry.yaw_pitch_roll_to_matrix(ypr)))
+    r = np.asarray(geometry.matrix_to_axis_angle(pose.pose_to_matrix(ypr)))
     t = 112 + rng.uniform(-15, 15, (batch, 2))
     logs = np.asarray(geometry.scale_to_log_scale(jnp.asarray(rng.uniform(0.6, 1.0, batch))))
     alpha = rng.standard_normal((batch, model.n_components))
-    theta = np.concatenate([r, t, logs[:, None], alpha], 1).astype(np.float32)
+    theta = theta_lib.merge(r, t, logs, alpha).astype(np.float32)
     mean_l, basis_l = fitting.landmark_shape_model(
         model.mean, model.basis, model.landmarks["aflw21"]
     )

@@ -6,6 +6,6 @@ projection, grid), ``sampler`` (MatConvNet-exact bilinear sampler), ``visibility
 Pure JAX functions; no Flax.
 """
 
-from jax3dmmstn.core import geometry, losses, sampler, stn, theta, visibility
+from jax3dmmstn.core import geometry, losses, pose, sampler, stn, theta, visibility
 
-__all__ = ["theta", "geometry", "sampler", "visibility", "losses", "stn"]
+__all__ = ["theta", "pose", "geometry", "sampler", "visibility", "losses", "stn"]

@@ -24,8 +24,8 @@ written as ``I + a(t^2) [r]x + b(t^2) [r]x^2`` with ``a = sin t / t`` and
 exact at r = 0, precise for tiny angles, and every derivative (grad, jvp, hessian)
 is finite everywhere.
 
-Yaw, pitch, roll (degrees) use ``R = Rz(roll) @ Ry(yaw) @ Rx(pitch)`` in the model
-frame (see ``yaw_pitch_roll_to_matrix`` for the signs).
+Head pose as (yaw, pitch, roll) degrees, in the datasets' convention, is
+:mod:`jax3dmmstn.core.pose`.
 """
 
 from __future__ import annotations
@@ -222,63 +222,6 @@ def matrix_to_axis_angle(rot: jax.Array) -> jax.Array:
     # For tiny angles, angle / sin(angle/2) -> 2 / w.
     factor = jnp.where(small, 2.0 / w, angle / sin_half)
     return v * factor[..., None]
-
-
-def _axis_rotation(angle: jax.Array, axis: int) -> jax.Array:
-    """``[..., 3, 3]`` rotation by ``angle`` radians about coordinate ``axis``."""
-    c, s = jnp.cos(angle), jnp.sin(angle)
-    one, zero = jnp.ones_like(c), jnp.zeros_like(c)
-    if axis == 0:
-        rows = [[one, zero, zero], [zero, c, -s], [zero, s, c]]
-    elif axis == 1:
-        rows = [[c, zero, s], [zero, one, zero], [-s, zero, c]]
-    else:
-        rows = [[c, -s, zero], [s, c, zero], [zero, zero, one]]
-    return jnp.stack([jnp.stack(row, -1) for row in rows], -2)
-
-
-def yaw_pitch_roll_to_matrix(ypr_degrees: jax.Array) -> jax.Array:
-    """``R = Rz(roll) @ Ry(yaw) @ Rx(pitch)`` from (yaw, pitch, roll) in degrees.
-
-    Model frame: x right, y up, z towards the viewer. Positive yaw rotates about +y
-    (the nose moves towards +x, the viewer's right), positive pitch about +x (the nose
-    moves down, -y), positive roll about +z (counter-clockwise as seen by the viewer).
-
-    Args:
-      ypr_degrees: ``[..., 3]`` (yaw, pitch, roll).
-    Returns:
-      ``[..., 3, 3]``.
-    """
-    ypr = jnp.deg2rad(jnp.asarray(ypr_degrees))
-    _check_last_dim("ypr_degrees", ypr, 3)
-    yaw, pitch, roll = ypr[..., 0], ypr[..., 1], ypr[..., 2]
-    return _axis_rotation(roll, 2) @ _axis_rotation(yaw, 1) @ _axis_rotation(pitch, 0)
-
-
-def matrix_to_yaw_pitch_roll(rot: jax.Array) -> jax.Array:
-    """Inverse of ``yaw_pitch_roll_to_matrix``: (yaw, pitch, roll) in degrees.
-
-    Yaw is in [-90, 90]; pitch and roll in (-180, 180]. At yaw = +-90 (gimbal lock)
-    pitch is set to 0 and the remaining rotation is reported as roll.
-
-    Args:
-      rot: ``[..., 3, 3]``.
-    Returns:
-      ``[..., 3]``.
-    """
-    rot = jnp.asarray(rot)
-    if rot.ndim < 2 or rot.shape[-2:] != (3, 3):
-        raise ValueError(f"rot must have shape [..., 3, 3], got {rot.shape}")
-    cos_yaw = jnp.hypot(rot[..., 0, 0], rot[..., 1, 0])
-    yaw = jnp.arctan2(-rot[..., 2, 0], cos_yaw)
-    locked = cos_yaw < 1e-6
-    pitch = jnp.where(locked, 0.0, jnp.arctan2(rot[..., 2, 1], rot[..., 2, 2]))
-    roll = jnp.where(
-        locked,
-        jnp.arctan2(-rot[..., 0, 1], rot[..., 1, 1]),
-        jnp.arctan2(rot[..., 1, 0], rot[..., 0, 0]),
-    )
-    return jnp.rad2deg(jnp.stack([yaw, pitch, roll], -1))
 
 
 def morphable_shape(mean: jax.Array, basis: jax.Array, alpha: jax.Array) -> jax.Array:

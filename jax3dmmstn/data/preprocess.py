@@ -22,7 +22,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from jax3dmmstn.core import geometry
+from jax3dmmstn.core import geometry, pose
 from jax3dmmstn.facemodel.morphable_model import LANDMARK_FLIPS
 
 Example = Dict[str, object]
@@ -218,12 +218,6 @@ def flip_landmarks(
     return (flipped[..., permutation, :], np.asarray(visible)[..., permutation])
 
 
-def flip_pose(pose: np.ndarray) -> np.ndarray:
-    """(yaw, pitch, roll) of the mirrored face: yaw and roll change sign."""
-    pose = np.asarray(pose, np.float32)
-    return pose * np.array([-1.0, 1.0, -1.0], np.float32)
-
-
 def flip_horizontal(example: Example, permutation: Optional[np.ndarray] = None) -> Example:
     """Mirrors an example left-right.
 
@@ -244,7 +238,7 @@ def flip_horizontal(example: Example, permutation: Optional[np.ndarray] = None) 
         landmarks, example["landmark_visible"], image_size(example)[1], permutation
     )
     if "pose" in example:
-        out["pose"] = flip_pose(example["pose"])
+        out["pose"] = pose.flip_pose(example["pose"])
     return out
 
 
@@ -261,7 +255,7 @@ def flip_batch(
         landmarks, batch["landmark_visible"], np.shape(batch["image"])[2], permutation
     )
     if "pose" in batch:
-        out["pose"] = flip_pose(batch["pose"])
+        out["pose"] = pose.flip_pose(batch["pose"])
     return out
 
 

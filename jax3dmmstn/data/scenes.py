@@ -15,7 +15,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from jax3dmmstn.core import geometry
+from jax3dmmstn.core import geometry, pose
 from jax3dmmstn.core import theta as theta_lib
 from jax3dmmstn.data import scenery
 from jax3dmmstn.facemodel.morphable_model import MorphableModel
@@ -213,7 +213,7 @@ def sample_scenes(
         identity_alphas = [None] * len(rngs)
     raws = [_sample_raw(rng, model, config, ident) for rng, ident in zip(rngs, identity_alphas)]
     scenes = {k: np.stack([raw[k] for raw in raws]) for k in raws[0]}
-    rotation = geometry.yaw_pitch_roll_to_matrix(scenes["pose"].astype(np.float32))
+    rotation = pose.pose_to_matrix(scenes["pose"].astype(np.float32))
     r = np.asarray(geometry.matrix_to_axis_angle(rotation), np.float32)
     parts = (scenes.pop("translation"), scenes.pop("log_scale"), scenes.pop("alpha"))
     scenes["theta"] = theta_lib.merge(r, *parts).astype(np.float32)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from jax3dmmstn.core import geometry
+from jax3dmmstn.core import geometry, pose
 
 
 def landmark_box_size(landmarks: np.ndarray, visible: np.ndarray) -> np.ndarray:
@@ -67,12 +67,12 @@ def landmark_nme(predicted: np.ndarray, target: np.ndarray, visible: np.ndarray)
 
 
 def rotation_to_yaw_pitch_roll(rotation: np.ndarray) -> np.ndarray:
-    """[B, 3, 3] -> [B, 3] (yaw, pitch, roll) in degrees, with R = Rz(roll) Ry(yaw) Rx(pitch).
+    """[B, 3, 3] -> [B, 3] (yaw, pitch, roll) in degrees, the datasets' convention.
 
-    Model frame x right, y up, z towards the viewer: yaw about +y, pitch about +x, roll
-    about +z; yaw in [-90, 90] (see :func:`jax3dmmstn.core.geometry.matrix_to_yaw_pitch_roll`).
+    R = Rx(pitch) Ry(yaw) Rz(roll) with AFLW2000-3D / 300W-LP's matrices; yaw in [-90, 90]
+    (see :mod:`jax3dmmstn.core.pose`).
     """
-    return np.asarray(geometry.matrix_to_yaw_pitch_roll(np.asarray(rotation, np.float32)))
+    return np.asarray(pose.matrix_to_pose(np.asarray(rotation, np.float64)))
 
 
 def pose_errors(predicted_rotation: np.ndarray, true_rotation: np.ndarray) -> dict:

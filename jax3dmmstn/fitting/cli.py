@@ -246,7 +246,7 @@ def _fit_theta(args, model, images, landmarks, visible, landmark_set):
 def _fit_report(model, theta, landmarks, visible, landmark_set, names):
     """(fitted landmarks [B, L, 2], fit.json entries without timings)."""
     from jax3dmmstn import fitting
-    from jax3dmmstn.core import geometry
+    from jax3dmmstn.core import geometry, pose
 
     mean_l, basis_l = fitting.landmark_shape_model(
         model.mean, model.basis, model.landmarks[landmark_set]
@@ -254,7 +254,7 @@ def _fit_report(model, theta, landmarks, visible, landmark_set, names):
     fitted = np.asarray(fitting.project_landmarks(theta, mean_l, basis_l))
     rmse = np.asarray(fitting.landmark_rmse(fitted, landmarks, visible))
     rotation = geometry.axis_angle_to_matrix(theta_lib.rotation(theta))
-    yaw_pitch_roll = np.asarray(geometry.matrix_to_yaw_pitch_roll(rotation))
+    yaw_pitch_roll = np.asarray(pose.matrix_to_pose(rotation))
     report = [
         {
             "name": name,

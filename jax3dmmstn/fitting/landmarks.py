@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax3dmmstn.core import geometry
+from jax3dmmstn.core import geometry, pose
 from jax3dmmstn.core import theta as theta_lib
 
 # Minimum number of visible landmarks per image: the affine pose has 8 unknowns
@@ -51,7 +51,7 @@ class FitResult(NamedTuple):
 
     Attributes:
       theta: ``[B, 6 + D]`` fitted (r, t, logs, alpha).
-      yaw_pitch_roll: ``[B, 3]`` degrees (``geometry.matrix_to_yaw_pitch_roll``).
+      yaw_pitch_roll: ``[B, 3]`` degrees, the datasets' convention (``pose.matrix_to_pose``).
       landmark_rmse: ``[B]`` root mean squared landmark distance over visible
         landmarks, pixels.
       iterations: ``[B]`` int32 optimiser iterations used.
@@ -279,7 +279,7 @@ def _fit_impl(
     )
     projection = geometry.project_theta(theta, mean_l, basis_l, parametrisation)
     rmse = landmark_rmse(projection.points2d, landmarks, visibility)
-    ypr = geometry.matrix_to_yaw_pitch_roll(projection.rotation)
+    ypr = pose.matrix_to_pose(projection.rotation)
     return FitResult(theta, ypr, rmse, iterations, cost)
 
 
