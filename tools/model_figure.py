@@ -13,17 +13,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
+
+from jax3dmmstn.core import pose, visibility
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Unit area-weighted vertex normals [N, 3]; with the grid models' triangle order (the
-    original's), cross(v2 - v1, v2 - v3) points out of the face, towards the viewer."""
-    v1, v2, v3 = (vertices[faces[:, i]] for i in range(3))
-    face_normals = np.cross(v2 - v1, v2 - v3)
-    normals = np.zeros_like(vertices)
-    for i in range(3):
-        np.add.at(normals, faces[:, i], face_normals)
+    """Unit vertex normals [N, 3]: the model's own (``core.visibility.vertex_normals``)."""
+    normals = np.asarray(visibility.vertex_normals(jnp.asarray(vertices)[None], faces))[0]
     return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
@@ -122,8 +120,7 @@ def model_figure(
     axes[0, 0].set_title("mean (albedo)", fontsize=8)
     axes[0, 1].imshow(shade(model.mean, faces, size, extent))
     axes[0, 1].set_title("mean (shape)", fontsize=8)
-    yaw = np.deg2rad(40.0)
-    rot = np.array([[np.cos(yaw), 0, np.sin(yaw)], [0, 1, 0], [-np.sin(yaw), 0, np.cos(yaw)]])
+    rot = np.asarray(pose.pose_to_matrix(np.array([40.0, 0.0, 0.0])))  # the datasets' yaw
     axes[0, 2].imshow(shade(model.mean @ rot.T, faces, size, extent, model.albedo))
     axes[0, 2].set_title("mean, 40 deg yaw", fontsize=8)
     for row, (j, name) in enumerate(zip(components, names), start=1):
