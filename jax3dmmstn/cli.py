@@ -190,7 +190,12 @@ def _train_parser() -> argparse.ArgumentParser:
         help=f"packaged config ({', '.join(configs.available())}) or the path of a .py file "
         "with get_config() (default synthetic)",
     )
-    parser.add_argument("--workdir", default="workdir", help="run folder (default ./workdir)")
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="run folder; give an existing one to resume it (default: a fresh "
+        "runs/CONFIG-YYYYmmdd-HHMMSS, so that two runs never share one by accident)",
+    )
     parser.add_argument(
         "--distributed",
         choices=("env", "auto", "off"),
@@ -290,7 +295,23 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"jax3dmmstn train: error: {error}", file=sys.stderr)
         return 2
-    return _train(config, args.workdir)
+    workdir = args.workdir or _fresh_workdir(config)
+    if args.workdir is None and _several_processes(args):
+        print("jax3dmmstn train: error: several processes need the same --workdir", file=sys.stderr)
+        return 2
+    return _train(config, workdir)
+
+
+def _fresh_workdir(config) -> str:
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{config.get('name', 'run')}-{stamp}")
+
+
+def _several_processes(args) -> bool:
+    count = args.num_processes or os.environ.get("JAX_NUM_PROCESSES") or 1
+    return args.distributed == "auto" or int(count) > 1
 
 
 def _train(config, workdir: str) -> int:
@@ -304,7 +325,14 @@ def _train(config, workdir: str) -> int:
             f"{jax.process_count()}; workdir: {os.path.abspath(workdir)}",
             flush=True,
         )
-    summary = training.train_and_evaluate(config, workdir)
+    try:
+        summary = training.train_and_evaluate(config, workdir)
+    except training.TrainingInterrupted as stop:
+        print(
+            f"jax3dmmstn train: {stop} in {os.path.abspath(workdir)}; the same command resumes it",
+            file=sys.stderr,
+        )
+        return 128 + stop.signum
     if jax.process_index() == 0:
         print("final: " + _format_summary(summary), flush=True)
     return 0
