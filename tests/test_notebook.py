@@ -116,3 +116,21 @@ def test_notebook_runs_and_shows_its_results(executed):
         assert math.isfinite(_number(rf"held-out {key}: ([0-9.e+-]+|nan|inf)", train))
     nme = _number(r"NME on these 6 faces: ([0-9.e+-]+|nan|inf) %", _text(cells["predict"]))
     assert math.isfinite(nme) and nme > 0
+
+
+def test_install_cell_needs_no_edit_and_finds_an_uploaded_package(tmp_path, monkeypatch):
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    source = notebook.cells[2].source
+    assert "OWNER" not in source and "placeholder" not in source.lower()
+    definitions = source.split("\nif importlib.util.find_spec", 1)[0]
+    names = {}
+    exec(definitions, names)
+    monkeypatch.chdir(tmp_path)
+    wheel = tmp_path / "jax3dmmstn-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    assert names["find_package_source"]() == str(wheel)
+    wheel.unlink()
+    checkout = tmp_path / "jax3dmmstn-main"
+    checkout.mkdir()
+    (checkout / "pyproject.toml").write_text("")
+    assert names["find_package_source"]() == str(checkout)
