@@ -4,6 +4,7 @@
     jax3dmmstn fit --model synthetic --data demodata.mat --out fit_out
     jax3dmmstn predict --checkpoint runs/synthetic --images face.png --out pred
     jax3dmmstn evaluate --checkpoint runs/synthetic
+    jax3dmmstn evaluate --fit fit_out/fit.json --aflw2000 AFLW2000
     jax3dmmstn verify ref.mat
     jax3dmmstn prepare-model --bfm 01_MorphableModel.mat --uv BFM_UV.mat --out model.npz
     jax3dmmstn benchmark sampler --quick
@@ -37,7 +38,9 @@ COMMANDS = {
     "fit": Command("jax3dmmstn.fitting.cli", "fit_main", "Fit theta to 2D landmarks of images."),
     "predict": Command("jax3dmmstn.predict", "main", "Run a trained network on images."),
     "evaluate": Command(
-        "jax3dmmstn.cli", "evaluate_main", "Held-out evaluation of a training checkpoint."
+        "jax3dmmstn.cli",
+        "evaluate_main",
+        "Held-out evaluation of a checkpoint; a checkpoint or fit on AFLW2000-3D.",
     ),
     "verify": Command(
         "jax3dmmstn.matconvnet.verify", "main", "Compare the layers with a MatConvNet dump."
@@ -276,6 +279,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         print(f"jax3dmmstn train: error: {error}", file=sys.stderr)
         return 2
     config.lock()
+    if args.workdir is None and _several_processes(args):
+        print("jax3dmmstn train: error: several processes need the same --workdir", file=sys.stderr)
+        return 2
     if args.host_device_count:  # before JAX starts its backends
         os.environ["XLA_FLAGS"] = (
             os.environ.get("XLA_FLAGS", "")
@@ -295,11 +301,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         print(f"jax3dmmstn train: error: {error}", file=sys.stderr)
         return 2
-    workdir = args.workdir or _fresh_workdir(config)
-    if args.workdir is None and _several_processes(args):
-        print("jax3dmmstn train: error: several processes need the same --workdir", file=sys.stderr)
-        return 2
-    return _train(config, workdir)
+    return _train(config, args.workdir or _fresh_workdir(config))
 
 
 def _fresh_workdir(config) -> str:
@@ -342,20 +344,42 @@ def _train(config, workdir: str) -> int:
 # evaluate
 
 
-def evaluate_main(argv: Sequence[str] | None = None) -> int:
+def _evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jax3dmmstn evaluate",
-        description="Evaluate the latest checkpoint of a training run on its held-out set: "
-        "writes a per-image CSV and a JSON summary, and prints the summary.",
+        description="Evaluate the latest checkpoint of a training run on its held-out set, or "
+        "a checkpoint or a fit.json on AFLW2000-3D (--aflw2000: 3DDFA's NME-68 and NME-21 "
+        "by yaw bin, yaw/pitch/roll MAE on the images within +-99 degrees). Writes "
+        "per_image.csv and summary.json, and prints the summary.",
     )
-    parser.add_argument("--checkpoint", required=True, help="training workdir (has checkpoints/)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", help="training workdir (has checkpoints/)")
+    source.add_argument("--fit", help="fit.json of 'jax3dmmstn fit' on the --aflw2000 folder")
+    parser.add_argument("--aflw2000", help="AFLW2000-3D folder (imageNNNNN.jpg + .mat) to score on")
+    parser.add_argument(
+        "--on-error",
+        choices=("fail", "skip"),
+        default="fail",
+        help="--aflw2000: stop at a bad pair (fail) or leave it out (skip)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default: in the workdir)")
     parser.add_argument("--verbosity", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    _setup_logging(args.verbosity)
-    from jax3dmmstn.evaluation import run
+    return parser
 
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    parser = _evaluate_parser()
+    args = parser.parse_args(argv)
+    if not (args.checkpoint or args.fit):
+        parser.error("give --checkpoint WORKDIR or --fit FIT.json")
+    if args.fit and not args.aflw2000:
+        parser.error("--fit needs --aflw2000 ROOT (the folder that was fitted)")
+    _setup_logging(args.verbosity)
     try:
+        if args.aflw2000:
+            return _evaluate_aflw2000(args)
+        from jax3dmmstn.evaluation import run
+
         summary = run.evaluate_checkpoint(args.checkpoint, out_dir=args.out)
     except (ValueError, FileNotFoundError) as error:
         print(f"jax3dmmstn evaluate: error: {error}", file=sys.stderr)
@@ -364,6 +388,106 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     where = args.out or os.path.join(os.path.abspath(args.checkpoint), "evaluation")
     print(f"wrote per-image metrics and the summary to {where}", file=sys.stderr)
     return 0
+
+
+def _evaluate_aflw2000(args) -> int:
+    """``evaluate --aflw2000``: score a fit.json or a checkpoint; write CSV + JSON."""
+    from jax3dmmstn.evaluation import aflw2000
+
+    if not os.path.isdir(args.aflw2000):
+        raise FileNotFoundError(f"--aflw2000 {args.aflw2000}: no such folder")
+    if args.fit:
+        fits = aflw2000.read_fit(args.fit)  # first: a bad fit.json fails before the reading
+        labels = aflw2000.label_arrays(aflw2000.read_examples(args.aflw2000, args.on_error))
+        rows, summary = aflw2000.score_fit(fits, labels)
+        out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(args.fit)), "aflw2000")
+    else:
+        rows, summary = _checkpoint_on_aflw2000(args.checkpoint, args.aflw2000, args.on_error)
+        out_dir = args.out or os.path.join(os.path.abspath(args.checkpoint), "aflw2000")
+    csv_path, json_path = aflw2000.write_outputs(out_dir, rows, summary)
+    print(aflw2000.format_summary(summary))
+    print(f"wrote {csv_path} and {json_path}", file=sys.stderr)
+    return 0
+
+
+def _checkpoint_on_aflw2000(workdir: str, root: str, on_error: str):
+    """(rows, summary) of a trained STN on AFLW2000-3D.
+
+    Each image is cropped as training crops: a square around the ground-truth 68 points'
+    box plus ``data.crop_margin`` (3DDFA crops around its roi box, from the same points),
+    resized to the checkpoint's image size; the predicted 68 points are mapped back to the
+    original image for NME, the pose is ``matrix_to_pose`` of the predicted R (a crop
+    scales and shifts, so R is unchanged).
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jax3dmmstn.core import pose
+    from jax3dmmstn.evaluation import aflw2000
+    from jax3dmmstn.training.checkpoint import load_trained
+
+    trained = load_trained(workdir)
+    landmark_set = trained.config.model.get("landmarks", "aflw21")
+    if landmark_set != "ibug68":
+        raise ValueError(
+            f"{workdir}: the network predicts the {landmark_set!r} landmarks; AFLW2000-3D's "
+            f"NME-68 needs a model trained with model.landmarks='ibug68'"
+        )
+    size = int(trained.config.data.image_size[0])
+    margin = float(trained.config.data.get("crop_margin", 0.25))
+    examples = aflw2000.read_examples(root, on_error, lambda e: _crop_example(e, size, margin))
+    apply = jax.jit(trained.model.apply)
+    pred68, pred_ypr = [], []
+    for start in range(0, len(examples), 32):
+        chunk = examples[start : start + 32]
+        images = jnp.asarray(np.stack([e["crop"] for e in chunk]), jnp.float32)
+        out = jax.device_get(apply({"params": trained.params}, images))
+        pred68 += [_uncrop(p, e, size) for p, e in zip(np.asarray(out["landmarks"]), chunk)]
+        pred_ypr.append(np.asarray(pose.matrix_to_pose(out["R"])))
+    labels = aflw2000.label_arrays(examples)
+    rows, summary = aflw2000.evaluate_records(
+        labels.names,
+        np.stack(pred68),
+        labels.gt68,
+        np.concatenate(pred_ypr),
+        labels.pose,
+        labels.gt21,
+        labels.visible21,
+    )
+    summary.update(checkpoint_step=trained.step, crop_margin=margin, image_size=size)
+    return rows, summary
+
+
+def _crop_example(example: dict, size: int, margin: float) -> dict:
+    """The example without its image, plus ``crop`` [size, size, 3] (around the ground-truth
+    68 points), ``box`` (col_start, row_start, side) and the original ``image_hw``."""
+    import numpy as np
+
+    from jax3dmmstn.data import preprocess
+
+    target = {
+        "image": example["image"],
+        "landmarks": example["landmarks_ibug68"],
+        "landmark_visible": np.ones(68, np.float32),
+    }
+    box = preprocess.square_box(preprocess.landmark_box(target), margin)
+    crop = preprocess.crop_to_box(target, box, size)["image"]
+    kept = {k: v for k, v in example.items() if k != "image"}
+    return dict(kept, crop=crop, box=box, image_hw=np.shape(example["image"])[:2])
+
+
+def _uncrop(points, example: dict, size: int):
+    """Crop-frame points [L, 2] -> the original image's frame (``crop_to_box`` inverted)."""
+    import numpy as np
+
+    from jax3dmmstn.data import preprocess
+
+    col_start, row_start, side = example["box"]
+    pix = preprocess.landmarks_to_pixels(points, (size, size))
+    factor = size / side
+    original = (pix + 0.5) / factor + np.array([col_start, row_start]) - 0.5
+    return preprocess.pixels_to_landmarks(original, example["image_hw"])
 
 
 if __name__ == "__main__":

@@ -134,6 +134,23 @@ def test_train_accepts_the_old_flag_spellings():
     assert cli._config_name("configs/synthetic.py") == "synthetic"  # the old source-tree path
 
 
+def test_train_without_workdir_gets_a_fresh_one_and_several_processes_must_name_one(
+    monkeypatch, capsys
+):
+    seen = []
+    monkeypatch.setattr(cli, "_train", lambda config, workdir: seen.append(workdir) or 0)
+    monkeypatch.delenv("JAX_NUM_PROCESSES", raising=False)
+    assert cli.main(["train", "--config", "synthetic"]) == 0
+    assert cli.main(["train", "--workdir", "mine"]) == 0
+    assert os.path.dirname(seen[0]) == "runs" and seen[1] == "mine"
+    assert os.path.basename(seen[0]).startswith("synthetic-")
+    stamp = os.path.basename(seen[0])[len("synthetic-") :]
+    assert len(stamp) == len("20261206-031500") and stamp.replace("-", "").isdigit()
+    assert cli.main(["train", "--num-processes", "2", "--process-id", "0"]) == 2
+    assert "--workdir" in capsys.readouterr().err
+    assert len(seen) == 2
+
+
 def test_evaluate_and_predict_name_a_missing_workdir(tmp_path, capsys):
     missing = str(tmp_path / "nothing")
     assert cli.main(["evaluate", "--checkpoint", missing]) == 2

@@ -9,6 +9,7 @@ uninterrupted run.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -469,8 +470,9 @@ _TRAIN_FLAGS = (
 )
 
 
-def _train_py(workdir):
-    """Starts ``python train.py`` (the synthetic config with _TRAIN_FLAGS) in the background.
+def _train_py(workdir, *extra_flags):
+    """Starts ``python train.py`` (the synthetic config with _TRAIN_FLAGS, then extra_flags,
+    which override them) in the background.
 
     Its output goes to files (a full pipe nobody reads would stall it): see :func:`_log`.
     """
@@ -481,6 +483,7 @@ def _train_py(workdir):
         f"--config={os.path.join(REPO, 'jax3dmmstn', 'configs', 'synthetic.py')}",
         f"--workdir={workdir}",
         *_TRAIN_FLAGS,
+        *extra_flags,
     ]
     env = dict(os.environ, XLA_FLAGS="")
     with open(_log(workdir), "a") as log:
@@ -562,6 +565,45 @@ def test_killed_run_resumes_to_identical_parameters(tmp_path):
         if r["split"] == "train"
     ]
     assert steps_logged == list(range(1, _TRAIN_STEPS + 1))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_it_reached_and_a_run_can_be_watched(tmp_path):
+    workdir = tmp_path / "run"
+    watch = ("--config.eval_every=2", "--config.snapshots=True", "--config.tensorboard=True")
+    process = _train_py(workdir, "--config.total_steps=500", "--config.checkpoint_every=0", *watch)
+    _wait_for_eval_row(process, workdir)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM, _log_tail(workdir)
+    log = _log_tail(workdir)
+    stopped = re.search(r"stopped by SIGTERM at step (\d+)", log)
+    assert stopped, log
+    step = int(stopped.group(1))
+    # checkpoint_every=0: the only checkpoint is the one SIGTERM saved, at the step reached.
+    assert _checkpoint_steps(workdir) == [step]
+    rows = training.read_metrics(str(workdir / "metrics.jsonl"))
+    assert [r["step"] for r in rows if r["split"] == "train"][-1] == step
+    assert not (workdir / "final_metrics.json").exists()
+    # Watchable while running: the curve and snapshots of the last evaluation, TensorBoard
+    # events, and plain log lines (the output is a file, not a terminal: no progress bar).
+    assert (workdir / "training_curve.png").is_file()
+    assert (workdir / "snapshots" / "latest_landmarks.png").is_file()
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert "\r" not in log and re.search(r"^step \d+/500: loss=", log, re.M), log
+    # The same command (here with a close end) resumes from that checkpoint.
+    _finish(_train_py(workdir, f"--config.total_steps={step + 2}", *watch), workdir)
+    summary = json.loads((workdir / "final_metrics.json").read_text())
+    assert summary["resumed_from"] == step and summary["step"] == step + 2
+
+
+def _wait_for_eval_row(process, workdir, timeout=300.0):
+    deadline = time.monotonic() + timeout
+    path = str(workdir / "metrics.jsonl")
+    while not any(r["split"] == "eval" for r in training.read_metrics(path)):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"train.py logged no evaluation:\n{_log_tail(workdir)}")
+        time.sleep(0.05)
 
 
 @pytest.mark.slow

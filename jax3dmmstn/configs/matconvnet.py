@@ -99,5 +99,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.snapshots = True
     config.progress_bar = True
+    config.tensorboard = "auto"  # TensorBoard logs when tensorboardX is installed
     config.final_eval = True
     return config

@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3
     config.snapshots = True
     config.progress_bar = True
+    config.tensorboard = "auto"  # TensorBoard logs when tensorboardX is installed
     return config
 
 

@@ -23,6 +23,7 @@ from jax3dmmstn.training.datasets import (
     build_train_source,
     synthetic_render_config,
 )
+from jax3dmmstn.training.interrupt import TrainingInterrupted
 from jax3dmmstn.training.loop import train_and_evaluate
 from jax3dmmstn.training.metrics import MetricsWriter, read_metrics
 from jax3dmmstn.training.optim import make_learning_rate, make_optimizer, param_labels
@@ -49,6 +50,7 @@ __all__ = [
     "NonFiniteError",
     "TrainState",
     "TrainedModel",
+    "TrainingInterrupted",
     "build_data",
     "build_heldout",
     "build_model",

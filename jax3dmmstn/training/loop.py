@@ -2,8 +2,11 @@
 
 A run resumes from the latest checkpoint in its workdir; the data position, the RNG and the
 optimiser state are part of the checkpoint, so a run killed and resumed ends with the same
-parameters as one that was not interrupted. Outputs in the workdir: checkpoints/,
-metrics.jsonl, snapshots/latest_*.png, training_curve.png, final_metrics.json.
+parameters as one that was not interrupted; SIGTERM or Ctrl-C saves a checkpoint of the
+step reached before the run stops (:mod:`jax3dmmstn.training.interrupt`). Outputs in the
+workdir: checkpoints/, metrics.jsonl, tensorboard/ (with the ``[tensorboard]`` extra),
+snapshots/latest_*.png and training_curve.png (both refreshed at every evaluation),
+final_metrics.json.
 """
 
 from __future__ import annotations
@@ -17,15 +20,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-from tqdm import tqdm
 
 from jax3dmmstn.data import batching
 from jax3dmmstn.evaluation import heldout, plots
 from jax3dmmstn.training import builders, datasets, optim, parallel
 from jax3dmmstn.training.checkpoint import Checkpointer, config_to_dict, warn_config_changes
+from jax3dmmstn.training.interrupt import StopRequests, TrainingInterrupted
 from jax3dmmstn.training.metrics import MetricsWriter, read_metrics, step_scalars
+from jax3dmmstn.training.progress import make_progress
 from jax3dmmstn.training.state import TrainState, create_train_state
 from jax3dmmstn.training.step import check_finite_metrics, make_train_step
+from jax3dmmstn.training.tensorboard import TensorBoardLog
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +51,7 @@ class _Run:
     eval_batches: list
     checkpointer: Checkpointer
     metrics: MetricsWriter
+    tensorboard: TensorBoardLog
     predict: Callable  # (params, images) -> the STN outputs evaluation needs, jitted once
     config_json: dict  # saved with every checkpoint
 
@@ -93,12 +99,25 @@ def _batch_iterator(run: _Run, train_source, state: TrainState, mode: str):
 
 
 def _evaluate(run: _Run, params, step: int) -> dict:
-    """Held-out metrics of ``params``, logged; the first batch drawn as snapshots/latest_*."""
+    """Held-out metrics of ``params``, logged; the first batch drawn as snapshots/latest_*,
+    and the training curve redrawn, so a running job can be watched."""
     summary, first = heldout.evaluate(run.predict, params, run.eval_batches, run.morphable_model)
-    run.metrics.write(dict(split="eval", step=step, wall_s=run.wall_s(), **summary))
+    row = dict(split="eval", step=step, wall_s=run.wall_s(), **summary)
+    run.metrics.write(row)
+    run.tensorboard.scalars("eval", step, row)
     if run.is_chief and run.config.get("snapshots", True):
-        plots.save_snapshots(run.workdir, step, first, tag="latest")
+        paths = plots.save_snapshots(run.workdir, step, first, tag="latest")
+        run.tensorboard.images(step, paths)
+        _save_curve(run)
     return summary
+
+
+def _save_curve(run: _Run) -> None:
+    plots.save_curves(
+        os.path.join(run.workdir, "training_curve.png"),
+        read_metrics(run.metrics.path),
+        title=run.config.get("name", ""),
+    )
 
 
 class _Throughput:
@@ -128,19 +147,15 @@ def _log_train_row(run: _Run, step: int, total_steps: int, metrics, speed, progr
         wall_s=run.wall_s(),
     )
     run.metrics.write(row)
-    progress.set_postfix(
-        {
-            "loss": f"{row['loss/total']:.4g}",
-            "lmk": f"{row['loss/landmark']:.4g}",
-            "img/s": f"{row['images_per_s']:.0f}",
-        }
-    )
+    run.tensorboard.scalars("train", step, row)
+    progress.train_row(step, row)
 
 
-def _train_steps(run: _Run, distributed, iterator, start_step: int, progress):
+def _train_steps(run: _Run, distributed, iterator, start_step: int, progress, stop):
     """Steps start_step + 1 .. total_steps (fewer when max_train_seconds runs out).
 
     Returns (device state, the last step, the last evaluation's summary, the step it ran at).
+    Raises TrainingInterrupted, after saving the step's checkpoint, when ``stop`` got a signal.
     """
     config = run.config
     total_steps = int(config.total_steps)
@@ -155,19 +170,23 @@ def _train_steps(run: _Run, distributed, iterator, start_step: int, progress):
         device_state, metrics = distributed.step(device_state, batch)
         check_finite_metrics(metrics, step)
         speed.step()
-        progress.update(1)
+        progress.step()
         if step % log_every == 0 or step == total_steps:
             _log_train_row(run, step, total_steps, metrics, speed, progress)
         if eval_every and (step % eval_every == 0 or step == total_steps):
             summary = _evaluate(run, distributed.to_host(device_state).params, step)
             last_eval_step = step
             scores = ", ".join(f"{k}={v:.4g}" for k, v in summary.items())
-            progress.write(f"step {step}: {scores}")
+            progress.message(f"step {step}: {scores}")
+        if stop.signum is not None:
+            run.checkpointer.save(distributed.to_host(device_state), run.config_json, force=True)
+            run.checkpointer.wait()
+            raise TrainingInterrupted(stop.signum, step)
         if checkpoint_every and step % checkpoint_every == 0 and step != total_steps:
             run.checkpointer.save(distributed.to_host(device_state), run.config_json)
         if max_seconds and run.wall_s() > max_seconds and step < total_steps:
             logger.warning("stopping at step %d: max_train_seconds=%s reached", step, max_seconds)
-            progress.write(f"time budget reached: stopping at step {step} of {total_steps}")
+            progress.message(f"time budget reached: stopping at step {step} of {total_steps}")
             return device_state, step, summary, last_eval_step
     return device_state, total_steps, summary, last_eval_step
 
@@ -175,35 +194,9 @@ def _train_steps(run: _Run, distributed, iterator, start_step: int, progress):
 def _write_final_outputs(run: _Run, summary: Mapping) -> None:
     """training_curve.png and final_metrics.json (process 0)."""
     if run.config.get("snapshots", True):
-        plots.save_curves(
-            os.path.join(run.workdir, "training_curve.png"),
-            read_metrics(run.metrics.path),
-            title=run.config.get("name", ""),
-        )
+        _save_curve(run)
     with open(os.path.join(run.workdir, "final_metrics.json"), "w") as handle:
         json.dump(summary, handle, indent=2)
-
-
-def _progress_bar(config, total: int, initial: int, enabled: bool):
-    if enabled and bool(config.get("progress_bar", True)):
-        return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=2.0)
-    return _NoProgress()
-
-
-class _NoProgress:
-    """tqdm's interface, silent except for ``write`` (to the log)."""
-
-    def update(self, n):
-        pass
-
-    def set_postfix(self, *a, **k):
-        pass
-
-    def write(self, text):
-        logger.info(text)
-
-    def close(self):
-        pass
 
 
 def train_and_evaluate(config, workdir: str, data=None, return_state: bool = False):
@@ -236,6 +229,7 @@ def train_and_evaluate(config, workdir: str, data=None, return_state: bool = Fal
         eval_batches=eval_batches,
         checkpointer=Checkpointer(workdir, max_to_keep=int(config.get("keep_checkpoints", 3))),
         metrics=MetricsWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_chief),
+        tensorboard=TensorBoardLog(workdir, config.get("tensorboard", "auto"), enabled=is_chief),
         predict=heldout.make_eval_fn(model),
         config_json=config_to_dict(config),
     )
@@ -259,11 +253,12 @@ def _train_and_save(run: _Run, state: TrainState, train_source, tx, mode: str):
     step_fn = make_train_step(run.model.apply, tx, config.loss, axis_name=axis_name)
     distributed = parallel.distribute(step_fn, state, mode)
     iterator = _batch_iterator(run, train_source, state, mode)
-    progress = _progress_bar(config, int(config.total_steps), start_step, run.is_chief)
+    progress = make_progress(config, int(config.total_steps), start_step, run.is_chief)
     try:
-        device_state, total_steps, summary, last_eval_step = _train_steps(
-            run, distributed, iterator, start_step, progress
-        )
+        with StopRequests() as stop:
+            device_state, total_steps, summary, last_eval_step = _train_steps(
+                run, distributed, iterator, start_step, progress, stop
+            )
         final_state = distributed.to_host(device_state)
         run.checkpointer.save(final_state, run.config_json, force=True)
         run.checkpointer.wait()
@@ -273,4 +268,5 @@ def _train_and_save(run: _Run, state: TrainState, train_source, tx, mode: str):
         progress.close()
         iterator.close()
         run.checkpointer.close()
+        run.tensorboard.close()
     return summary, final_state, total_steps
