@@ -24,6 +24,10 @@ Every loader yields examples as dicts (batches stack them along a leading axis):
 * ``landmarks_<set>`` / ``landmark_visible_<set>`` (synthetic data): every
   landmark set of the model ("aflw21", "ibug68").
 * ``source`` (loaders, not batched): the file or record the example came from.
+* Raw AFLW2000-3D / 300W-LP folders (``load_aflw2000_3d``, ``load_300w_lp``) add
+  ``landmarks_<set>`` / ``landmark_visible_<set>``, ``pose``, ``label_scale`` (f),
+  ``label_translation`` (tx, ty, tz) and ``name`` (the file stem, a string: drop it
+  before batching for the device).
 
 Landmark order is the scheme's (21 AFLW points as the original, or 68 iBUG
 points); a horizontal flip permutes it with ``preprocess.flip_permutation``.
@@ -56,6 +60,7 @@ from jax3dmmstn.data.preprocess import (
     random_augment,
     with_mirrors,
 )
+from jax3dmmstn.data.raw_folders import load_300w_lp, load_aflw2000_3d
 from jax3dmmstn.data.render import FaceRenderer, RenderConfig
 from jax3dmmstn.data.synthetic import SyntheticFaces, heldout_set
 
@@ -82,6 +87,8 @@ __all__ = [
     "identity_pairs",
     "random_augment",
     "with_mirrors",
+    "load_300w_lp",
+    "load_aflw2000_3d",
     "FaceRenderer",
     "RenderConfig",
     "SyntheticFaces",

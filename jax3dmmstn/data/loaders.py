@@ -31,6 +31,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from jax3dmmstn.core.pose import pose_from_label
 from jax3dmmstn.data import errors
 from jax3dmmstn.data.errors import DataError, DataErrorLog
 from jax3dmmstn.data.preprocess import pixels_to_landmarks
@@ -517,20 +518,22 @@ def tfds_record_to_example(
     image = np.asarray(record["image"])
     if name == "aflw2k3d":
         normalized = record["landmarks_68_3d_xy_normalized"]
-        pose = None
     elif name == "the300w_lp":
         keys = {"3d": "landmarks_3d", "2d": "landmarks_2d", "origin": "landmarks_origin"}
         if landmark_kind not in keys:
             raise ValueError(f"landmark_kind must be one of {list(keys)}, got {landmark_kind!r}")
         normalized = record[keys[landmark_kind]]
-        pitch, yaw, roll = np.asarray(record["pose_params"], np.float64)[:3]
-        pose = np.rad2deg([yaw, pitch, roll])
     else:
         raise ValueError(f"unsupported TFDS dataset {name!r} (aflw2k3d, the300w_lp)")
     points = np.asarray(normalized, np.float32) * TFDS_IMAGE_SIDE
     if not np.all(np.isfinite(points)):
         raise DataError(f"{source}: landmarks contain NaN or infinite values")
     landmarks = pts_to_image_frame(points, image.shape[:2])
+    # TFDS's aflw2k3d has no pose_params (its builder drops Pose_Para); a record that
+    # carries them gets the pose too, as the raw-folder reader gives it.
+    pose = None
+    if "pose_params" in record:
+        pose = pose_from_label(np.asarray(record["pose_params"], np.float64)[:3])
     return make_example(image, landmarks, np.ones(len(points), np.float32), source, pose=pose)
 
 

@@ -4,7 +4,9 @@
 kind 'synthetic': rendered faces of the morphable model (held-out set from its own stream);
 'imdb': the original's imdb.mat (set 1 train, set 2 held out);
 'tfds': tensorflow-datasets the300w_lp (train) and aflw2k3d (held out), cropped to
-image_size around the landmarks.
+image_size around the landmarks;
+'300w_lp': the raw 300W_LP folder (``data.root``, train) and AFLW2000-3D folder
+(``data.eval_root``, held out), 68 iBUG landmarks, cropped like 'tfds'.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from jax3dmmstn.data import batching, loaders, preprocess, render, synthetic
+from jax3dmmstn.data import batching, loaders, preprocess, raw_folders, render, synthetic
 
 # What training and evaluation read from a synthetic example.
 _SYNTHETIC_KEYS = ("image", "landmarks", "landmark_visible", "theta")
-_KINDS = ("synthetic", "imdb", "tfds")
+_KINDS = ("synthetic", "imdb", "tfds", "300w_lp")
+# What training and evaluation read from a raw-folder example (strings and the other
+# landmark sets, which crops do not map, stay behind).
+_RAW_KEYS = ("image", "landmarks", "landmark_visible", "pose")
 
 
 class InMemorySource:
@@ -116,9 +121,14 @@ def _batches_from_dataset(dataset, count: int, batch_size: int, transform=None) 
 
 def _check_kind(d) -> None:
     if d.kind not in _KINDS:
-        raise ValueError(f"unknown data.kind {d.kind!r}; expected 'synthetic', 'imdb' or 'tfds'")
+        raise ValueError(f"unknown data.kind {d.kind!r}; expected one of {', '.join(_KINDS)}")
     if d.kind == "imdb" and not d.path:
         raise ValueError("config.data.path must point at imdb.mat for data.kind='imdb'")
+    if d.kind == "300w_lp" and not (d.get("root") and d.get("eval_root")):
+        raise ValueError(
+            "data.kind='300w_lp' needs config.data.root (the 300W_LP folder) and "
+            "config.data.eval_root (the AFLW2000-3D folder)"
+        )
 
 
 def _image_size(d) -> tuple[int, ...]:
@@ -146,8 +156,23 @@ def build_train_source(config, morphable_model, renderer: render.FaceRenderer | 
         max_shift=float(d.get("max_shift", 0.05)),
         zoom_range=tuple(d.get("zoom_range", (0.9, 1.1))),
     )
+    if d.kind == "300w_lp":
+        train = raw_folders.load_300w_lp(
+            d.root,
+            subsets=tuple(d.get("subsets", raw_folders.W300LP_SUBSETS)),
+            flipped=bool(d.get("flipped", True)),
+            on_error=d.on_error,
+        )
+        return batching.DatasetSource(
+            train, lambda ex, rng: augment(_raw_keys(ex), rng), seed=int(config.seed)
+        )
     train = _tfds(d, d.tfds_name or "the300w_lp", d.split)
     return batching.DatasetSource(train, augment, seed=int(config.seed))
+
+
+def _raw_keys(example: Mapping) -> dict:
+    """The part of a raw-folder example that crops map and batches carry."""
+    return {k: example[k] for k in _RAW_KEYS}
 
 
 def build_heldout(config, morphable_model, renderer: render.FaceRenderer | None = None) -> list:
@@ -169,6 +194,11 @@ def build_heldout(config, morphable_model, renderer: render.FaceRenderer | None 
         out_size=_image_size(d)[0],
         margin=float(d.get("crop_margin", 0.25)),
     )
+    if d.kind == "300w_lp":
+        held_out = raw_folders.load_aflw2000_3d(d.eval_root, "ibug68", on_error=d.on_error)
+        return _batches_from_dataset(
+            held_out, d.eval_size, eval_batch, lambda ex: crop(_raw_keys(ex))
+        )
     held_out = _tfds(d, d.get("eval_tfds_name", "") or "aflw2k3d", d.eval_split)
     return _batches_from_dataset(held_out, d.eval_size, eval_batch, crop)
 
