@@ -76,8 +76,15 @@ def _exit_status(code) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    """Runs ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    An error a user can fix (a missing or unreadable file, a bad value) ends the command with
+    one line naming it and exit status 2; ``--debug`` (anywhere on the line) shows the
+    traceback instead.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
     if not argv or argv[0] not in COMMANDS:
         parser = _top_parser()
         if not argv:
@@ -93,6 +100,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(entry(argv[1:]) or 0)
     except SystemExit as exit_:  # argparse's --help and usage errors
         return _exit_status(exit_.code)
+    except KeyboardInterrupt:
+        print(f"jax3dmmstn {argv[0]}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001  (one line for the user; --debug re-raises)
+        if debug:
+            raise
+        print(f"jax3dmmstn {argv[0]}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (its type when it has none), and how to see more."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if not isinstance(error, (ValueError, OSError, KeyError, LookupError)):
+        text = f"{type(error).__name__}: {text}"
+    return f"{text} (--debug shows the traceback)"
 
 
 # --------------------------------------------------------------------------------------
@@ -168,6 +191,7 @@ def apply_config_overrides(config, overrides: Sequence[tuple[str, str]]) -> None
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
                 raise ConfigOverrideError(
                     f"unknown config field {'.'.join(parts[: depth + 1])!r} (--config.{key})"
+                    + _did_you_mean(config, key)
                 )
             if depth < len(parts) - 1:
                 node = node[part]
@@ -175,6 +199,25 @@ def apply_config_overrides(config, overrides: Sequence[tuple[str, str]]) -> None
             node[parts[-1]] = _typed_value(key, node[parts[-1]], text)
         except TypeError as error:  # ConfigDict's own type check
             raise ConfigOverrideError(f"--config.{key}={text}: {error}") from None
+
+
+def _config_keys(node, prefix: str = "") -> list[str]:
+    """Every dotted field name of a ConfigDict."""
+    import ml_collections
+
+    keys = []
+    for name, value in node.items():
+        keys.append(prefix + name)
+        if isinstance(value, ml_collections.ConfigDict):
+            keys += _config_keys(value, f"{prefix}{name}.")
+    return keys
+
+
+def _did_you_mean(config, key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, _config_keys(config), n=1, cutoff=0.6)
+    return f"; did you mean --config.{close[0]}?" if close else ""
 
 
 def _train_parser() -> argparse.ArgumentParser:

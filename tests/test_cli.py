@@ -254,3 +254,20 @@ def test_a_wheel_install_trains_from_outside_the_repository(tmp_path):
     assert "final: " in result.stdout
     with open(elsewhere / "W" / "final_metrics.json") as handle:
         assert json.load(handle)
+
+
+def test_errors_are_one_line_with_status_2_and_debug_shows_the_traceback(monkeypatch, capsys):
+    assert cli.main(["train", "--config.optim.optimiser=adam"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did you mean --config.optim.optimizer?" in err
+
+    def broken(argv):
+        raise ValueError(f"cannot read /data/x.mat:\n  not a MATLAB file ({argv})")
+
+    monkeypatch.setattr(cli, "train_main", broken)
+    assert cli.main(["train", "--workdir", "w"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "/data/x.mat" in err and "Traceback" not in err
+    assert err.startswith("jax3dmmstn train: error: cannot read /data/x.mat: not a MATLAB file")
+    with pytest.raises(ValueError, match="x.mat"):
+        cli.main(["train", "--debug", "--workdir", "w"])
