@@ -26,7 +26,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Mapping, Sequence
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,11 +38,29 @@ import numpy as np
 IBUG68_TO_AFLW21 = tuple(
     tuple(k - 1 for k in group)
     for group in (
-        (18,), (20,), (22,), (23,), (25,), (27,), (37,), (37, 38, 39, 40, 41, 42), (40,),
-        (43,), (43, 44, 45, 46, 47, 48), (46,), (3,), (32,), (31,), (36,), (15,), (49,),
-        (61, 62, 63, 64, 65, 66, 67, 68), (55,), (9,),
+        (18,),
+        (20,),
+        (22,),
+        (23,),
+        (25,),
+        (27,),
+        (37,),
+        (37, 38, 39, 40, 41, 42),
+        (40,),
+        (43,),
+        (43, 44, 45, 46, 47, 48),
+        (46,),
+        (3,),
+        (32,),
+        (31,),
+        (36,),
+        (15,),
+        (49,),
+        (61, 62, 63, 64, 65, 66, 67, 68),
+        (55,),
+        (9,),
     )
-)  # fmt: skip
+)
 
 YAW_BIN_NAMES = ("yaw_0_30", "yaw_30_60", "yaw_60_90")
 POSE_LIMIT_DEGREES = 99.0
@@ -271,3 +292,115 @@ def format_summary(summary: Mapping) -> str:
         f"pitch {p['pitch']:.3f}  roll {p['roll']:.3f}  mean {p['mean']:.3f}"
     )
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# Labels of an AFLW2000-3D folder and predictions stored in a fit.json
+
+
+class Labels(NamedTuple):
+    """The ground truth an evaluation needs (leading axis B, sorted file order)."""
+
+    names: list[str]
+    gt68: np.ndarray  # [B, 68, 2] pt3d_68 in the image frame
+    gt21: np.ndarray  # [B, 21, 2] pt2d
+    visible21: np.ndarray  # [B, 21]
+    pose: np.ndarray  # [B, 3] (yaw, pitch, roll) degrees, not wrapped
+
+
+def label_arrays(examples: Iterable[Mapping]) -> Labels:
+    """Stacks the label fields of ``load_aflw2000_3d`` examples (images are not read)."""
+    examples = list(examples)
+    if not examples:
+        raise ValueError("no AFLW2000-3D examples to evaluate")
+
+    def stack(key, dtype=np.float64):
+        return np.stack([np.asarray(e[key], dtype) for e in examples])
+
+    return Labels(
+        [str(e["name"]) for e in examples],
+        stack("landmarks_ibug68"),
+        stack("landmarks_aflw21"),
+        stack("landmark_visible_aflw21"),
+        stack("pose"),
+    )
+
+
+def read_examples(
+    root: str, on_error: str = "fail", keep: Callable[[Mapping], Mapping] | None = None
+) -> list[dict]:
+    """The folder's examples, each passed through ``keep`` (e.g. to crop, then drop the
+    450 x 450 image: 2,000 of them are 1.2 GB); bad pairs follow ``on_error``."""
+    from jax3dmmstn.data import errors
+    from jax3dmmstn.data.raw_folders import load_aflw2000_3d
+
+    log = errors.DataErrorLog()
+    dataset = load_aflw2000_3d(root, "ibug68", on_error=on_error, error_log=log)
+    examples = []
+    for i in range(len(dataset)):
+        example = dict(dataset[i])
+        examples.append(dict(keep(example)) if keep else example)
+    if log.count:
+        print(f"skipped {log.count} bad pairs in {root}: {log.summary()}", file=sys.stderr)
+    return examples
+
+
+def read_fit(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """fit.json -> {name: (fitted 68 points [68, 2] image frame, (yaw, pitch, roll) [3])}."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such fit.json")
+    with open(path) as handle:
+        try:
+            entries = json.load(handle)["images"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not a fit.json with an 'images' list ({error})") from None
+    fits = {}
+    for entry in entries:
+        for key in ("name", "landmarks_ibug68", "yaw_pitch_roll_degrees"):
+            if key not in entry:
+                raise ValueError(
+                    f"{path}: image {entry.get('name', '?')!r} has no {key!r} (fit an "
+                    f"AFLW2000-3D folder with a model that has the 'ibug68' landmarks)"
+                )
+        points = np.asarray(entry["landmarks_ibug68"], np.float64)
+        if points.shape != (68, 2):
+            raise ValueError(f"{path}: {entry['name']}: landmarks_ibug68 is {points.shape}")
+        fits[entry["name"]] = (points, np.asarray(entry["yaw_pitch_roll_degrees"], np.float64))
+    return fits
+
+
+def score_fit(fits: Mapping[str, tuple], labels: Labels) -> tuple[list[dict], dict]:
+    """``evaluate_records`` of the labelled images a fit has (matched by name).
+
+    A labelled image missing from the fit is left out and counted in the summary
+    (``missing_from_fit``): a protocol number needs every image, so it is also printed.
+    """
+    index = [i for i, name in enumerate(labels.names) if name in fits]
+    if not index:
+        raise ValueError("the fit has none of the folder's images (names differ)")
+    missing = len(labels.names) - len(index)
+    if missing:
+        print(f"note: {missing} labelled images are not in the fit", file=sys.stderr)
+    names = [labels.names[i] for i in index]
+    pred68 = np.stack([fits[n][0] for n in names])
+    pred_ypr = np.stack([fits[n][1] for n in names])
+    rows, summary = evaluate_records(
+        names,
+        pred68,
+        labels.gt68[index],
+        pred_ypr,
+        labels.pose[index],
+        labels.gt21[index],
+        labels.visible21[index],
+    )
+    summary["missing_from_fit"] = missing
+    return rows, summary
+
+
+def write_outputs(out_dir: str, rows: Sequence[Mapping], summary: Mapping) -> tuple[str, str]:
+    """``out_dir``/per_image.csv and summary.json; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    return (
+        write_csv(os.path.join(out_dir, "per_image.csv"), rows),
+        write_json(os.path.join(out_dir, "summary.json"), summary),
+    )

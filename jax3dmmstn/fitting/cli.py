@@ -5,6 +5,13 @@ the UV texture, the visibility mask, the masked texture and a textured OBJ
 (``jax3dmmstn.outputs``). ``--average`` also writes the visibility-weighted mean texture of
 all images (identity averaging: give it several images of one person).
 ``write_results`` is shared with ``jax3dmmstn predict`` (``jax3dmmstn.predict``).
+
+``--data`` may also be an AFLW2000-3D folder (``imageNNNNN.jpg`` + ``.mat`` pairs, read with
+``jax3dmmstn.data.raw_folders.load_aflw2000_3d``): then the 68 ground-truth landmarks (or
+``--landmarks aflw21``: the 21 visible AFLW points) are fitted, fit.json also holds each
+label's pose and the pose error, the summary gives 3DDFA's NME and the head-pose MAE
+(``jax3dmmstn.evaluation.aflw2000``), and per-image pictures are written only with
+``--images`` (thousands of images).
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from typing import NamedTuple
 import numpy as np
 
 from jax3dmmstn.core import theta as theta_lib
+
+# --landmarks names one of the model's sets instead of an .anl file.
+LANDMARK_SETS = ("ibug68", "aflw21")
 
 
 def load_model(spec: str, landmarks_path: str | None = None):
@@ -37,7 +47,7 @@ def load_model(spec: str, landmarks_path: str | None = None):
         raise ValueError(
             f"--model must be 'synthetic', a .npz model or the original's model.mat, got {spec!r}"
         )
-    if landmarks_path:
+    if landmarks_path and landmarks_path not in LANDMARK_SETS:
         idx = np.asarray(mm.read_anl(landmarks_path), np.int32)
         flips = dict(model.landmark_flip)
         flips["custom"] = np.arange(idx.size, dtype=np.int32)
@@ -53,6 +63,8 @@ def load_data(path: str):
     """DATA argument -> (images [B,H,W,3] float32 0..255, landmarks [B,L,2], visible [B,L], names)."""
     from jax3dmmstn.data import loaders
 
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--data {path}: no such file or folder")
     if os.path.isdir(path):
         dataset = loaders.ImageFolderDataset(path, num_landmarks=None)
     elif path.endswith(".mat"):
@@ -75,7 +87,7 @@ def load_data(path: str):
         )
     examples = [dataset[i] for i in range(len(dataset))]
     if not examples:
-        raise ValueError(f"{path}: no images")
+        raise ValueError(f"{path}: no images (with .pts files, or imageNNNNN.jpg + .mat pairs)")
     shapes = {np.asarray(e["image"]).shape for e in examples}
     if len(shapes) != 1:
         raise ValueError(f"{path}: images of different sizes {sorted(shapes)}; crop them first")
@@ -84,6 +96,64 @@ def load_data(path: str):
     visible = np.stack([e["landmark_visible"] for e in examples])
     names = [f"image{i:04d}" for i in range(len(examples))]
     return images, landmarks, visible, names
+
+
+def is_aflw2000_folder(path: str) -> bool:
+    """Whether ``path`` (or its ``AFLW2000/`` folder, as unzipped) holds ``.mat`` labels."""
+    folders = [path, os.path.join(path, "AFLW2000")]
+    return any(
+        os.path.isdir(folder) and any(f.lower().endswith(".mat") for f in os.listdir(folder))
+        for folder in folders
+    )
+
+
+class LabelledData(NamedTuple):
+    """An AFLW2000-3D folder's fitting inputs and labels (leading axis B)."""
+
+    images: np.ndarray | None  # [B, H, W, 3] float32 0..255, None unless asked for
+    landmarks: np.ndarray  # [B, L, 2] the points to fit (image frame, y up)
+    visible: np.ndarray  # [B, L]
+    names: list[str]
+    label_pose: np.ndarray  # [B, 3] (yaw, pitch, roll) degrees, not wrapped
+    gt68: np.ndarray  # [B, 68, 2] the label's 68 points (NME-68's reference)
+    gt21: np.ndarray  # [B, 21, 2] AFLW points
+    visible21: np.ndarray  # [B, 21]
+
+
+def load_aflw2000_folder(
+    path: str, landmark_set: str, on_error: str = "fail", with_images: bool = False
+) -> LabelledData:
+    """Reads an AFLW2000-3D folder; ``landmark_set`` ('ibug68' | 'aflw21') picks the points."""
+    from jax3dmmstn.data import errors
+    from jax3dmmstn.data.raw_folders import load_aflw2000_3d
+
+    log = errors.DataErrorLog()
+    dataset = load_aflw2000_3d(path, landmarks=landmark_set, on_error=on_error, error_log=log)
+    examples = [dataset[i] for i in range(len(dataset))]
+    if log.count:
+        print(f"fit: skipped {log.count} bad examples in {path}", file=sys.stderr)
+    if not examples:
+        raise ValueError(f"{path}: no readable imageNNNNN.jpg + .mat pairs")
+
+    def stack(key, dtype=np.float32):
+        return np.stack([np.asarray(e[key], dtype) for e in examples])
+
+    images = None
+    if with_images:
+        shapes = {np.shape(e["image"]) for e in examples}
+        if len(shapes) != 1:
+            raise ValueError(f"{path}: images of different sizes {sorted(shapes)}")
+        images = stack("image")
+    return LabelledData(
+        images,
+        stack("landmarks"),
+        stack("landmark_visible"),
+        [str(e["name"]) for e in examples],
+        stack("pose", np.float64),
+        stack("landmarks_ibug68"),
+        stack("landmarks_aflw21"),
+        stack("landmark_visible_aflw21"),
+    )
 
 
 def _pick_landmark_set(model, n_landmarks: int) -> str:
@@ -116,23 +186,28 @@ def write_results(
     results: FitResults,
     average: bool = False,
     parametrisation: str = "matconvnet",
+    write_images: bool = True,
+    summary: dict | None = None,
 ) -> None:
-    """Per-image PNGs + OBJ, fit.json, and optionally the averaged texture.
+    """Per-image PNGs + OBJ (unless ``write_images`` is False), fit.json, and optionally the
+    averaged texture.
 
     Adds each image's written files to its report entry (``files``). ``parametrisation``: how
-    theta's logs gives the scale (``geometry.log_scale_to_scale``).
+    theta's logs gives the scale (``geometry.log_scale_to_scale``). ``summary`` goes into
+    fit.json next to "images".
     """
     from jax3dmmstn import outputs
 
     os.makedirs(out_dir, exist_ok=True)
     textures = None
-    if model.resolution:
+    if write_images and model.resolution:
         textures = outputs.sample_uv_texture(
             results.images, results.theta, model.mean, model.basis, model.faces, parametrisation
         )
         textures = tuple(map(np.asarray, textures))  # texture, mask, points2d
     for i, entry in enumerate(results.report):
-        entry["files"] = _write_image(out_dir, model, results, i, textures)
+        if write_images:
+            entry["files"] = _write_image(out_dir, model, results, i, textures)
     if average and textures is not None:
         mean, coverage = outputs.average_textures(textures[0], textures[1])
         outputs.write_png(os.path.join(out_dir, "average_texture.png"), mean)
@@ -140,8 +215,11 @@ def write_results(
             os.path.join(out_dir, "average_coverage.png"),
             255.0 * coverage / max(1.0, float(coverage.max())),
         )
+    document = {"images": results.report}
+    if summary is not None:
+        document["summary"] = summary
     with open(os.path.join(out_dir, "fit.json"), "w") as f:
-        json.dump({"images": results.report}, f, indent=1)
+        json.dump(document, f, indent=1)
 
 
 def _write_image(out_dir: str, model, results: FitResults, i: int, textures) -> dict:
@@ -181,11 +259,30 @@ def _fit_parser() -> argparse.ArgumentParser:
         required=True,
         help="'synthetic', a native .npz model or the original's model.mat",
     )
-    parser.add_argument("--landmarks", default=None, help="landmark vertex indices (.anl)")
+    parser.add_argument(
+        "--landmarks",
+        default=None,
+        help="landmark vertex indices (.anl), or which of the model's sets to fit: 'ibug68' "
+        "(default for an AFLW2000-3D folder: its 68 ground-truth points) or 'aflw21' (its 21 "
+        "visible AFLW points)",
+    )
     parser.add_argument(
         "--data",
         required=True,
-        help="demo-layout .mat, imdb.mat, or a folder of images with .pts files",
+        help="demo-layout .mat, imdb.mat, a folder of images with .pts files, or an "
+        "AFLW2000-3D folder (imageNNNNN.jpg + .mat pairs)",
+    )
+    parser.add_argument(
+        "--on-error",
+        choices=("fail", "skip"),
+        default="fail",
+        help="AFLW2000-3D folder: stop at a bad pair (fail) or leave it out (skip)",
+    )
+    parser.add_argument(
+        "--images",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write the per-image PNGs and OBJ (default: yes, except for an AFLW2000-3D folder)",
     )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--prior-weight", type=float, default=0.1)
@@ -271,6 +368,10 @@ def fit_main(argv: list[str] | None = None) -> int:
     args = _fit_parser().parse_args(argv)
     try:
         model = load_model(args.model, args.landmarks)
+        if is_aflw2000_folder(args.data):
+            return _fit_aflw2000(args, model)
+        if args.landmarks in LANDMARK_SETS:
+            raise ValueError(f"--landmarks {args.landmarks} is for an AFLW2000-3D folder")
         images, landmarks, visible, names = load_data(args.data)
         landmark_set = _pick_landmark_set(model, landmarks.shape[1])
         start = time.perf_counter()
@@ -283,12 +384,81 @@ def fit_main(argv: list[str] | None = None) -> int:
     for entry, count in zip(report, iterations):
         entry.update(iterations=int(count), texture_steps=args.texture_steps, seconds=seconds)
     results = FitResults(images, theta, landmarks, visible, fitted, report)
-    write_results(args.out, model, results, average=args.average)
+    write_images = args.images is not False
+    write_results(args.out, model, results, average=args.average, write_images=write_images)
     rmse = np.mean([entry["landmark_rmse_px"] for entry in report])
     print(
         f"fitted {len(names)} images: mean landmark RMSE {rmse:.3f} px; wrote {args.out}/fit.json"
     )
     return 0
+
+
+def _fit_aflw2000(args, model) -> int:
+    """``fit`` on an AFLW2000-3D folder: fit, score against the labels, write fit.json."""
+    landmark_set = args.landmarks or "ibug68"
+    if landmark_set not in LANDMARK_SETS:
+        raise ValueError("--landmarks must be ibug68 or aflw21 for an AFLW2000-3D folder")
+    for needed in {"ibug68", landmark_set}:  # NME-68 always needs the 68 points
+        if needed not in model.landmarks:
+            raise ValueError(
+                f"the model has no {needed!r} landmark set (it has {sorted(model.landmarks)}); "
+                f"AFLW2000-3D needs it"
+            )
+    data = load_aflw2000_folder(
+        args.data, landmark_set, args.on_error, bool(args.images) or args.texture_steps > 0
+    )
+    start = time.perf_counter()
+    theta, iterations = _fit_theta(
+        args, model, data.images, data.landmarks, data.visible, landmark_set
+    )
+    seconds = (time.perf_counter() - start) / len(data.names)  # includes compilation
+    fitted, report = _fit_report(
+        model, theta, data.landmarks, data.visible, landmark_set, data.names
+    )
+    summary = _label_report(model, theta, data, report)
+    for entry, count in zip(report, iterations):
+        entry.update(iterations=int(count), texture_steps=args.texture_steps, seconds=seconds)
+    results = FitResults(data.images, theta, data.landmarks, data.visible, fitted, report)
+    write_results(
+        args.out,
+        model,
+        results,
+        average=args.average and bool(args.images),
+        write_images=bool(args.images),
+        summary=summary,
+    )
+    from jax3dmmstn.evaluation import aflw2000
+
+    rmse = np.mean([entry["landmark_rmse_px"] for entry in report])
+    print(f"fitted {len(report)} images ({landmark_set}): mean landmark RMSE {rmse:.3f} px")
+    print(aflw2000.format_summary(summary))
+    print(f"wrote {args.out}/fit.json")
+    return 0
+
+
+def _label_report(model, theta, data: LabelledData, report: list[dict]) -> dict:
+    """Adds each image's fitted 68 points, label pose, pose error and NME to ``report``;
+    returns the AFLW2000-3D summary (``evaluation.aflw2000.evaluate_records``)."""
+    from jax3dmmstn import fitting
+    from jax3dmmstn.evaluation import aflw2000
+
+    mean_l, basis_l = fitting.landmark_shape_model(
+        model.mean, model.basis, model.landmarks["ibug68"]
+    )
+    pred68 = np.asarray(fitting.project_landmarks(theta, mean_l, basis_l))
+    pred_ypr = np.array([entry["yaw_pitch_roll_degrees"] for entry in report])
+    rows, summary = aflw2000.evaluate_records(
+        data.names, pred68, data.gt68, pred_ypr, data.label_pose, data.gt21, data.visible21
+    )
+    for entry, row, points, label in zip(report, rows, pred68, data.label_pose):
+        entry.update(
+            landmarks_ibug68=points.tolist(),
+            label_yaw_pitch_roll_degrees=label.tolist(),
+            pose_error_degrees=[row["yaw_error"], row["pitch_error"], row["roll_error"]],
+            nme68=row["nme68"],
+            nme21=row["nme21"],
+        )
+    return summary
 
 
 main = fit_main
