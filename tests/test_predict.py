@@ -20,7 +20,7 @@ from jax3dmmstn import predict as predict_cli
 from jax3dmmstn.core import geometry
 from jax3dmmstn.core import pose
 from jax3dmmstn.configs import load_config
-from jax3dmmstn.data import SyntheticFaces
+from jax3dmmstn.data import SyntheticFaces, loaders
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = 64
@@ -211,3 +211,32 @@ def test_predict_crops_a_face_box_or_pts_landmarks(run, tmp_path, capsys):
     bad_box = ["--box", "10", "10", "5", "20"]
     assert predict_cli.main(common + [str(tmp_path / "y"), "--images", path, *bad_box]) == 2
     assert "COL1 > COL0" in capsys.readouterr().err
+
+
+def test_predict_takes_a_folder_of_photos_as_they_come(run, tmp_path):
+    """Different sizes and formats, grey and colour, face boxes from .pts files and a boxes
+    file, several batches: every output is named after its photo."""
+    workdir, _, _, _, images = run
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    face = images[0]
+    for name, size, suffix, mode in [
+        ("einstein", 150, ".jpg", "RGB"),
+        ("curie", 90, ".png", "L"),
+        ("bohr", 80, ".ppm", "RGB"),
+    ]:
+        canvas = np.full((size, size + 20, 3), 120, np.uint8)
+        canvas[10 : 10 + IMAGE_SIZE, 15 : 15 + IMAGE_SIZE] = face
+        Image.fromarray(canvas).convert(mode).save(folder / f"{name}{suffix}")
+        if name != "bohr":  # bohr's box comes from the boxes file
+            loaders.write_pts(str(folder / f"{name}.pts"), np.array([[20.0, 15.0], [75.0, 70.0]]))
+    boxes = tmp_path / "boxes.txt"
+    boxes.write_text("bohr.ppm 15 10 78 73\n")
+    out = tmp_path / "out"
+    argv = ["--checkpoint", workdir, "--images", str(folder), "--out", str(out)]
+    assert predict_cli.main(argv + ["--boxes", str(boxes), "--batch-size", "2"]) == 0
+    report = json.loads((out / "fit.json").read_text())["images"]
+    assert [entry["name"] for entry in report] == ["bohr", "curie", "einstein"]
+    for name in ("bohr", "curie", "einstein"):
+        assert (out / f"{name}_overlay.png").is_file() and (out / f"{name}.obj").is_file()
+    assert all(np.all(np.isfinite(entry["theta"])) for entry in report)
