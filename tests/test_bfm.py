@@ -14,6 +14,7 @@ from jax3dmmstn.facemodel.bfm import (
     cotangent_laplacian,
     extrapolate_displacements,
 )
+from jax3dmmstn.facemodel.landmarks68 import ground_ibug68
 from jax3dmmstn.facemodel.morphable_model import (
     AFLW21_FLIP,
     AFLW21_INDICES_112_ONE_BASED,
@@ -345,6 +346,16 @@ def test_landmarks_map_to_the_nearest_grid_vertices(tmp_path):
         BuildOptions(resolution=112, n_identity=1),
     )
     assert m3.landmarks["aflw21"].tolist() == [i - 1 for i in AFLW21_INDICES_112_ONE_BASED]
+    # No 68 set given: one grounded on the BFM's 68-landmark mean (landmarks68), anchored on
+    # the AFLW points; a given one is kept.
+    assert m3.landmarks["ibug68"].shape == (68,) and set(m3.landmark_flip) == {"aflw21", "ibug68"}
+    assert np.array_equal(m3.landmarks["ibug68"], ground_ibug68(m3))
+    m4 = build_bfm_model_from_arrays(
+        BFMArrays(data["mean"].reshape(-1), data["shape_pc"], data["shape_ev"], data["tri"], uv),
+        BuildOptions(resolution=res, n_identity=1),
+        landmarks={"aflw21": np.full(21, off), "ibug68": np.full(68, off)},
+    )
+    assert np.all(m4.landmarks["ibug68"] == m2.landmarks["aflw21"][0])
 
 
 def test_file_errors(tmp_path):

@@ -205,6 +205,8 @@ def test_load_matconvnet_model_round_trip(tmp_path):
     assert lm.tolist() == [i - 1 for i in AFLW21_INDICES_112_ONE_BASED]
     assert (lm[14] // 112, lm[14] % 112) == (40, 55)
     assert np.array_equal(m.landmark_flip["aflw21"], AFLW21_FLIP)
+    # No 68 file: a 68 set grounded on the BFM's 68-landmark mean, anchored on the AFLW points.
+    assert set(m.landmarks) == {"aflw21", "ibug68"} and m.landmarks["ibug68"].shape == (68,)
     # The original's eyebrow points are mirror images of each other across the grid.
     assert np.array_equal(m.mirror[lm[:6]], lm[AFLW21_FLIP[:6]])
     # The loaded model survives the .npz round trip.

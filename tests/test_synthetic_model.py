@@ -107,8 +107,9 @@ def test_normals_point_out_frontal_all_visible_profile_half(model, case):
         alpha[1 : model.n_identity : 2] = -3.0
     vertices = model.shape(alpha)
     frontal = _visible_fraction(vertices, model.faces, [0.0, 0.0, 0.0])
-    # Only the backs of the ears and the edge-on sides under the jaw hide.
-    assert frontal > (0.94 if case == "mean" else 0.85)
+    # Only the backs of the ears, the edge-on sides of the mask (at +-90 deg azimuth, tilted
+    # slightly back by the reshaping to the BFM's 68 mean) and under the jaw hide.
+    assert frontal > (0.91 if case == "mean" else 0.83)
     for yaw in (np.pi / 2, -np.pi / 2):
         assert 0.45 < _visible_fraction(vertices, model.faces, [0.0, yaw, 0.0]) < 0.55
     # Turned 90 degrees to one side, the side facing the camera is the visible one.
@@ -171,9 +172,11 @@ def test_ibug68_landmarks_sit_on_the_anatomy(model):
     assert y[51] > y[62] >= y[66] > y[57]  # lips top to bottom
     paired = IBUG68_FLIP != np.arange(68)
     assert np.array_equal(model.mirror[lm[paired]], lm[IBUG68_FLIP[paired]])
-    # The AFLW and iBUG sets agree where they overlap: mouth corners and nose tip.
+    # The hand-placed AFLW points and the grounded iBUG ones agree where they overlap: mouth
+    # corners and nose tip (the iBUG nose tip is the BFM's, a few mm from the hand-placed one).
     aflw = model.landmarks["aflw21"]
-    assert aflw[17] == lm[48] and aflw[19] == lm[54] and aflw[14] == lm[30]
+    assert aflw[17] == lm[48] and aflw[19] == lm[54]
+    assert np.linalg.norm(model.mean[aflw[14]] - model.mean[lm[30]]) < 4.0
 
 
 def test_albedo(model):

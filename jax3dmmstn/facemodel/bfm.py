@@ -36,6 +36,7 @@ import scipy.sparse
 import scipy.sparse.csgraph
 import scipy.sparse.linalg
 
+from jax3dmmstn.facemodel.landmarks68 import with_grounded_ibug68
 from jax3dmmstn.facemodel.morphable_model import (
     LANDMARK_FLIPS,
     MorphableModel,
@@ -305,6 +306,8 @@ def build_bfm_model_from_arrays(
       options: BuildOptions.
       landmarks: name -> 0-based BFM vertex indices, mapped to the nearest grid vertices in UV;
         default: the original's 21 AFLW points of the 112 grid, moved to this resolution.
+        Without "ibug68", one is grounded on the BFM's 68-landmark mean
+        (`landmarks68.ground_ibug68`, anchored on "aflw21").
       provenance: recorded in the model (default: the builder and the options).
     """
     res, n_identity = options.resolution, options.n_identity
@@ -330,7 +333,7 @@ def build_bfm_model_from_arrays(
         "n_identity": n_identity,
         "n_expression": d - n_identity,
     }
-    return MorphableModel(
+    model = MorphableModel(
         mean=grid_mean.astype(np.float32),
         basis=grid_basis.astype(np.float32),
         faces=grid_faces(res),
@@ -349,6 +352,8 @@ def build_bfm_model_from_arrays(
         ),
         provenance=provenance or json.dumps(default_provenance),
     )
+    # No "ibug68" given: the 68 points grounded on the BFM's own 68-landmark mean.
+    return with_grounded_ibug68(model)
 
 
 def _read_bfm_files(bfm_path, uv_path, expression_path, tddfa_map_path, with_albedo) -> BFMArrays:

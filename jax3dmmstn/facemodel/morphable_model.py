@@ -526,6 +526,8 @@ def load_matconvnet_model(
     model.mat holds shapeMU [3N, 1] (x, y, z interleaved, mm), shapePC [3N, D], faces [F, 3]
     1-based, nverts = N = res ** 2. Landmarks: one or more .anl files (21 points -> "aflw21",
     68 -> "ibug68"); without any and N == 112 ** 2 the original's 21 AFLW vertices are used.
+    Without an "ibug68" file but with "aflw21", the 68 iBUG points are grounded on the BFM's
+    68-landmark mean (`landmarks68.ground_ibug68`).
     n_identity: how many of the D components are identity; default 5 when D == 10 (the
     released model: 5 BFM identity + 5 3DDFA expression components), else D.
     """
@@ -542,7 +544,7 @@ def load_matconvnet_model(
     landmarks = _anl_landmarks(landmarks_path, n)
     if landmarks_path is None and res == 112:
         landmarks["aflw21"] = default_aflw21_landmarks(112)
-    return MorphableModel(
+    model = MorphableModel(
         mean=shape_mu.reshape(n, 3),
         basis=shape_pc.reshape(n, 3, d),
         faces=faces - 1,
@@ -557,3 +559,6 @@ def load_matconvnet_model(
         units="mm",
         provenance=f"MatConvNet model.mat {path.name} (res {res}, D = {d})",
     )
+    from jax3dmmstn.facemodel.landmarks68 import with_grounded_ibug68  # (imports this module)
+
+    return with_grounded_ibug68(model)

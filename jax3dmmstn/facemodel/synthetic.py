@@ -8,14 +8,25 @@ the image, y up, z towards the viewer, mm; row 0 of the grid is the top of the f
 
 Anatomy is placed in *frontal coordinates*: the (x, y) of the undisplaced shell as seen by an
 orthographic camera looking down -z, so that the numbers below read like positions on a
-frontal photograph (y = 0 is about the base of the nose). Landmarks are the grid vertices
-nearest to anatomical targets in these coordinates, so they follow the anatomy at any resolution.
+frontal photograph (y = 0 is about the base of the nose). The "aflw21" landmarks are the grid
+vertices nearest to anatomical targets in these coordinates, so they follow the anatomy at any
+resolution.
+
+The hand-placed anatomy is then calibrated on a real face: a smooth displacement field (affine
+plus Gaussian RBF, see `_calibration_rbf`) moves the mean so that its 68 iBUG points sit where
+the BFM's 68-landmark mean (landmarks68, from 3DDFA's public u_base) puts them, in the BFM's
+frame (no rotation allowed: the uncalibrated anatomy was pitched 5.5 deg against it). "ibug68"
+is grounded on that mean (`landmarks68.ground_ibug68`). Only training-side data is used.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from functools import lru_cache
+
 import numpy as np
 
+from jax3dmmstn.facemodel import landmarks68
 from jax3dmmstn.facemodel.morphable_model import (
     AFLW21_FLIP,
     IBUG68_FLIP,
@@ -77,7 +88,7 @@ def synthetic_face_model(
     basis = _orthogonal_scaled(raw)
 
     landmarks = {"aflw21": _aflw21(frame, mirror), "ibug68": _ibug68(frame, mirror)}
-    return MorphableModel(
+    model = MorphableModel(
         mean=mean.astype(np.float32),
         basis=basis.astype(np.float32),
         faces=grid_faces(res),
@@ -92,9 +103,14 @@ def synthetic_face_model(
         units="mm",
         provenance=(
             f"jax3dmmstn.synthetic_face_model(resolution={res}, n_identity={n_identity}, "
-            f"n_expression={n_expression}, seed={seed})"
+            f"n_expression={n_expression}, seed={seed}); mean reshaped to and 'ibug68' "
+            "grounded on the BFM's 68-landmark mean (3DDFA's u_base, landmarks68)"
         ),
     )
+    # The 68 points where the BFM's landmark vertices fall on this face (the labels' points),
+    # rather than the hand-placed ones (the jaw line differs by up to 50 mm).
+    grounded = landmarks68.ground_ibug68(model, anchor_set="aflw21", symmetric=True)
+    return dataclasses.replace(model, landmarks={**model.landmarks, "ibug68": grounded})
 
 
 def _check_arguments(resolution, n_identity: int, n_expression: int) -> None:
@@ -108,11 +124,88 @@ def _check_arguments(resolution, n_identity: int, n_expression: int) -> None:
 
 
 def _mean_shape(frame: dict, mirror: np.ndarray) -> np.ndarray:
-    """The shell with the anatomy on it, made exactly symmetric, centred. [N, 3] float64."""
-    mean = _symmetrize(_place(frame, _anatomy_displacement(frame)), mirror)
+    """The shell with the anatomy on it, reshaped towards the BFM's 68-point mean, made exactly
+    symmetric, centred. [N, 3] float64."""
+    mean = _place(frame, _anatomy_displacement(frame))
+    mean = _symmetrize(mean + _calibration_field(frame["shell"]), mirror)
     # Origin near the face centre: x is 0 by symmetry; centre y and z on the mean.
     mean[:, 1:] -= mean[:, 1:].mean(axis=0)
     return mean
+
+
+# ------------------------------------------------------------------------------- calibration
+# The hand-placed anatomy differs from a real face's (the BFM mean at its 68 iBUG vertices,
+# landmarks68.ibug68_mean) by up to ~10 mm inside the face and more on the jaw line. A smooth
+# displacement field removes the difference: Gaussian radial basis functions centred on the 68
+# corresponding vertices, interpolating the residuals of the similarity-aligned 68 mean. It is
+# computed once on the 112 grid (the field lives on the undisplaced shell, so it is the same at
+# every resolution) and applied to the mean only; components, albedo and landmarks are vertex
+# fields and follow the vertices.
+_CALIBRATION_RESOLUTION = 112
+_CALIBRATION_SIGMA = 20.0  # mm on the shell: smooth over neighbouring landmarks
+_CALIBRATION_RIDGE = 0.05  # smoothing, not exact interpolation: no bumps
+
+
+def _calibration_correspondence(frame: dict, raw_mean: np.ndarray, mirror: np.ndarray):
+    """Model vertices [68] matching the 68 mean and the aligned 68 mean [68, 3] on the raw mean.
+
+    Inner face (brows, eyes, nose, mouth): the hand-placed anatomical vertices, so the painted
+    features move onto the real positions. Jaw line: the vertices nearest the aligned contour
+    (the hand-placed jaw line is not where the BFM's contour vertices are).
+    """
+    anatomical = _ibug68(frame, mirror)
+    mean68 = landmarks68.ibug68_mean()
+    inner = landmarks68.INNER_FACE
+    # Scale and translation only: the model frame must be the BFM's, rotation included.
+    transform = landmarks68.umeyama(mean68[inner], raw_mean[anatomical[inner]], with_rotation=False)
+    placed = landmarks68.symmetrize_points68(
+        landmarks68.apply_similarity(mean68, *transform), np.array([1.0, 0.0, 0.0]), 0.0
+    )
+    nearest = landmarks68.symmetric_nearest(raw_mean, mirror, placed)
+    return np.concatenate([nearest[:17], anatomical[17:]]), placed
+
+
+@lru_cache(maxsize=1)
+def _calibration_rbf() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centres [68, 3] on the undisplaced shell, RBF weights [68, 3], affine part [4, 3])."""
+    res = _CALIBRATION_RESOLUTION
+    frame = _shell_frame(grid_uv(res).astype(np.float64))
+    mirror = grid_mirror(res)
+    raw_mean = _symmetrize(_place(frame, _anatomy_displacement(frame)), mirror)
+    idx, placed = _calibration_correspondence(frame, raw_mean, mirror)
+    centres = frame["shell"][idx]
+    weights, affine = _fit_rbf(centres, placed - raw_mean[idx])
+    for array in (centres, weights, affine):
+        array.setflags(write=False)
+    return centres, weights, affine
+
+
+def _fit_rbf(centres: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Smoothing Gaussian RBF with an affine part: values ~ K w + [p, 1] a, w orthogonal to the
+    affine space. The affine part carries the global difference (the anatomy's 5.5 deg pitch
+    against the BFM, its proportions) without bumps. centres, values: [C, 3].
+    Returns (w [C, 3], a [4, 3])."""
+    c = len(centres)
+    poly = np.concatenate([centres, np.ones((c, 1))], axis=1)
+    system = np.zeros((c + 4, c + 4))
+    system[:c, :c] = _rbf_kernel(centres, centres) + _CALIBRATION_RIDGE * np.eye(c)
+    system[:c, c:], system[c:, :c] = poly, poly.T
+    rhs = np.concatenate([values, np.zeros((4, 3))])
+    solution = np.linalg.solve(system, rhs)
+    return solution[:c], solution[c:]
+
+
+def _rbf_kernel(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Gaussian kernel exp(-|p - c|^2 / (2 sigma^2)). [P, 3], [C, 3] -> [P, C]."""
+    d2 = ((points[:, None, :] - centres[None]) ** 2).sum(-1)
+    return np.exp(-0.5 * d2 / _CALIBRATION_SIGMA**2)
+
+
+def _calibration_field(shell: np.ndarray) -> np.ndarray:
+    """The calibration displacement (mm) at undisplaced shell points [N, 3]. Returns [N, 3]."""
+    centres, weights, affine = _calibration_rbf()
+    poly = np.concatenate([shell, np.ones((len(shell), 1))], axis=1)
+    return _rbf_kernel(shell, centres) @ weights + poly @ affine
 
 
 # ------------------------------------------------------------------------------- the shell
