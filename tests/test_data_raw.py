@@ -342,7 +342,7 @@ def test_300w_lp_corrupt_label_is_skipped_when_loaded(tmp_path):
     root = _w300lp_folder(tmp_path, subsets=("AFW",))
     with open(os.path.join(root, "AFW", "AFW_1000_1_0.mat"), "w") as handle:
         handle.write("garbage")
-    with pytest.raises(DataError, match="AFW_1000_1_0.mat: cannot read"):
+    with pytest.raises(DataError, match="AFW_1000_1_0.mat: not a readable MATLAB"):
         load_300w_lp(root, subsets=("AFW",))[0]
     log = DataErrorLog()
     dataset = load_300w_lp(root, subsets=("AFW",), on_error="skip", error_log=log)

@@ -25,7 +25,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import scipy.io
+from jax3dmmstn import matfile
 
 from jax3dmmstn.core.pose import pose_from_label
 from jax3dmmstn.data.errors import DataError
@@ -41,12 +41,9 @@ def load_mat(path: str) -> dict:
     if not os.path.isfile(path):
         raise DataError(f"{path}: label file is missing")
     try:
-        mat = scipy.io.loadmat(path)
-    except NotImplementedError as error:  # v7.3 (HDF5)
-        raise DataError(f"{path}: MATLAB v7.3 (HDF5) files are not supported ({error})") from error
-    except Exception as error:  # scipy raises several types for corrupt files
-        raise DataError(f"{path}: cannot read as a .mat file: {error}") from error
-    return {k: v for k, v in mat.items() if not k.startswith("__")}
+        return matfile.load_mat(path)
+    except matfile.MatFileError as error:
+        raise DataError(str(error)) from None
 
 
 def _get(mat: dict, key: str, path: str) -> np.ndarray:

@@ -28,7 +28,7 @@ import os
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
-import scipy.io
+from jax3dmmstn import matfile
 from PIL import Image
 
 from jax3dmmstn.core.pose import pose_from_label
@@ -187,17 +187,11 @@ def _filter_valid(
 # The original's .mat files.
 # ------------------------------------------------------------------------------
 def _loadmat(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file")
+    """The variables of a .mat file of any version (v7.3 through h5py)."""
     try:
-        return scipy.io.loadmat(path, squeeze_me=False, struct_as_record=True)
-    except NotImplementedError as error:  # MATLAB v7.3 (HDF5) files
-        raise DataError(
-            f"{path}: MATLAB v7.3 (HDF5) .mat files are not supported; re-save it "
-            f"in MATLAB with save(..., '-v7') ({error})"
-        ) from error
-    except Exception as error:  # scipy raises several types for corrupt files
-        raise DataError(f"{path}: cannot read as a .mat file: {error}") from error
+        return matfile.load_mat(path)
+    except matfile.MatFileError as error:
+        raise DataError(str(error)) from None
 
 
 def _struct_field(struct, field: str, path: str, where: str) -> np.ndarray:

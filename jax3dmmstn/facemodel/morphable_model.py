@@ -16,6 +16,8 @@ from typing import Mapping, Sequence, Union
 
 import numpy as np
 
+from jax3dmmstn import matfile
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 # 1-based vertex indices of the original's 21 AFLW landmarks on the 112 x 112 BFM grid model
@@ -428,38 +430,16 @@ def read_anl(path: PathLike) -> np.ndarray:
 
 
 def load_mat(path: PathLike, required: Sequence[str]) -> dict:
-    """Loads a MATLAB .mat file with scipy, with clear errors for a missing file, a v7.3 (HDF5)
-    file, and missing variables."""
-    import scipy.io
-
+    """The variables of a MATLAB .mat file of any version (v7.3 through h5py), checking that
+    ``required`` ones are there; errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f".mat file not found: {path}")
-    hdf5_signature = b"\x89HDF\r\n\x1a\n"
-    with open(path, "rb") as f:
-        header = f.read(520)
-    # v7.3 files are HDF5 containers behind a 512-byte user block with the MATLAB text header.
-    if header.startswith(b"MATLAB 7.3") or hdf5_signature in (header[:8], header[512:520]):
-        raise ValueError(_v73_message(path))
-    try:
-        data = scipy.io.loadmat(str(path))
-    except NotImplementedError as exc:  # scipy's message for v7.3 files
-        raise ValueError(_v73_message(path)) from exc
-    except Exception as exc:
-        raise ValueError(f"could not read {path} as a MATLAB .mat file: {exc}") from exc
+    data = matfile.load_mat(str(path))  # MatFileError (a ValueError) when unreadable
     missing = [k for k in required if k not in data]
     if missing:
-        present = sorted(k for k in data if not k.startswith("__"))
-        raise ValueError(f"{path} lacks the variable(s) {missing}; it holds {present}")
+        raise ValueError(f"{path} lacks the variable(s) {missing}; it holds {sorted(data)}")
     return data
-
-
-def _v73_message(path: Path) -> str:
-    return (
-        f"{path} is a MATLAB v7.3 (HDF5) .mat file, which scipy cannot read. Re-save it in "
-        f"MATLAB as v7: `s = load('{path.name}'); save('{path.stem}_v7.mat', '-struct', 's', "
-        f"'-v7')` (or in Octave: `save -v7 ...`), or read it with h5py and pass the arrays in."
-    )
 
 
 def _landmark_name(count: int, path: Path) -> str:
