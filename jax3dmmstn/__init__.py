@@ -23,6 +23,7 @@ from jax3dmmstn.facemodel import (
 
 __all__ = [
     "theta",
+    "pose",
     "geometry",
     "losses",
     "matconvnet",

@@ -17,7 +17,6 @@ from PIL import Image
 
 from jax3dmmstn import training
 from jax3dmmstn import predict as predict_cli
-from jax3dmmstn.core import geometry
 from jax3dmmstn.core import pose
 from jax3dmmstn.configs import load_config
 from jax3dmmstn.data import SyntheticFaces, loaders

@@ -721,7 +721,6 @@ def test_head_init_from_landmarks_recovers_scale_and_translation():
 # ------------------------------------------------------------------------ metrics, pictures
 def test_nme_pose_and_shape_errors_closed_form():
     from jax3dmmstn import evaluation
-    from jax3dmmstn.core import geometry
 
     target = np.array([[[0.0, 0.0], [100.0, 0.0], [100.0, 25.0], [50.0, 10.0]]])
     visible = np.array([[1.0, 1.0, 1.0, 0.0]])

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from jax3dmmstn.core import geometry, pose
+from jax3dmmstn.core import pose
 
 
 def landmark_box_size(landmarks: np.ndarray, visible: np.ndarray) -> np.ndarray:
