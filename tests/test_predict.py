@@ -145,7 +145,7 @@ def test_predict_resizes_other_sizes_and_rejects_bad_input(run, tmp_path, capsys
     assert (
         predict_cli.main(["--checkpoint", workdir, "--images", missing, "--out", str(out_dir)]) == 2
     )
-    assert "cannot read image" in capsys.readouterr().err
+    assert "missing.png: no such file or folder" in capsys.readouterr().err
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("not a PNG")
     assert (

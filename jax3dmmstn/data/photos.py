@@ -43,8 +43,10 @@ def list_photos(specs: Sequence[str]) -> list[str]:
             found = sorted(os.path.join(spec, f) for f in os.listdir(spec) if _is_photo(f))
         elif any(char in spec for char in "*?["):
             found = sorted(p for p in glob.glob(spec) if _is_photo(p))
-        else:
+        elif os.path.exists(spec):
             found = [spec]
+        else:
+            raise DataError(f"{spec}: no such file or folder")
         if not found:
             raise DataError(f"{spec}: no photo ({', '.join(PHOTO_EXTENSIONS)}) found there")
         paths += found

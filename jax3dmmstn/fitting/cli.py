@@ -59,15 +59,24 @@ def load_model(spec: str, landmarks_path: str | None = None):
     return model
 
 
-def load_data(path: str):
-    """DATA argument -> (images [B,H,W,3] float32 0..255, landmarks [B,L,2], visible [B,L], names)."""
+def load_data(specs, size: int = 224, margin: float = 0.25, on_error: str = "fail"):
+    """DATA arguments -> (images [B,H,W,3] float32 0..255, landmarks [B,L,2], visible [B,L], names).
+
+    ``specs``: one demo-layout .mat or imdb.mat, or photos (files, folders, globs) each with
+    its iBUG .pts file; photos are cropped square around their landmarks to ``size``.
+    """
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    if len(specs) == 1 and specs[0].endswith(".mat"):
+        return _load_mat_data(specs[0])
+    return load_photos(specs, size, margin, on_error)
+
+
+def _load_mat_data(path: str):
     from jax3dmmstn.data import loaders
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data {path}: no such file or folder")
-    if os.path.isdir(path):
-        dataset = loaders.ImageFolderDataset(path, num_landmarks=None)
-    elif path.endswith(".mat"):
+    if path.endswith(".mat"):
         import scipy.io
 
         names = scipy.io.whosmat(path)
@@ -81,21 +90,61 @@ def load_data(path: str):
                 f"{path}: neither the demo layout (Images, Labels) nor an imdb.mat "
                 f"(images), variables: {sorted(variables)}"
             )
-    else:
-        raise ValueError(
-            f"--data must be a .mat file or a folder of images with .pts files, got {path!r}"
-        )
     examples = [dataset[i] for i in range(len(dataset))]
     if not examples:
-        raise ValueError(f"{path}: no images (with .pts files, or imageNNNNN.jpg + .mat pairs)")
-    shapes = {np.asarray(e["image"]).shape for e in examples}
-    if len(shapes) != 1:
-        raise ValueError(f"{path}: images of different sizes {sorted(shapes)}; crop them first")
+        raise ValueError(f"{path}: no images")
     images = np.stack([np.asarray(e["image"], np.float32) for e in examples])
     landmarks = np.stack([e["landmarks"] for e in examples])
     visible = np.stack([e["landmark_visible"] for e in examples])
     names = [f"image{i:04d}" for i in range(len(examples))]
     return images, landmarks, visible, names
+
+
+def load_photos(specs, size: int = 224, margin: float = 0.25, on_error: str = "fail"):
+    """Photos as they come, each with the .pts file next to it, cropped to ``size`` squares.
+
+    Returns (images [B, size, size, 3] float32, landmarks [B, L, 2] in the crops' image frame,
+    visible [B, L], names = the photos' names). A photo without a usable .pts file stops the
+    command (``on_error="fail"``) or is left out with its reason printed ("skip").
+    """
+    from jax3dmmstn.data import photos
+    from jax3dmmstn.data.errors import DataError
+
+    crops, names, skipped = [], [], []
+    for path in photos.list_photos(specs):
+        try:
+            crops.append(_photo_crop(path, size, margin))
+            names.append(photos.photo_name(path))
+        except DataError as error:
+            if on_error == "fail":
+                raise
+            skipped.append(str(error))
+    for reason in skipped:
+        print(f"fit: skipped {reason}", file=sys.stderr)
+    if not crops:
+        raise DataError(f"{' '.join(specs)}: no photo with a usable .pts file")
+    counts = {len(c["landmarks"]) for c in crops}
+    if len(counts) != 1:
+        raise DataError(f"the .pts files have different numbers of points: {sorted(counts)}")
+    images = np.stack([c["image"] for c in crops]).astype(np.float32)
+    landmarks = np.stack([c["landmarks"] for c in crops]).astype(np.float32)
+    return images, landmarks, np.ones(landmarks.shape[:2], np.float32), names
+
+
+def _photo_crop(path: str, size: int, margin: float) -> dict:
+    """One photo (upright: EXIF applied, as its .pts is read) cropped around its landmarks."""
+    from jax3dmmstn.data import photos
+    from jax3dmmstn.data.errors import DataError
+
+    if not os.path.isfile(photos.pts_path(path)):
+        raise DataError(f"{path}: no .pts file next to it ({photos.pts_path(path)})")
+    image = photos.read_photo(path)
+    points = photos.read_photo_pts(path, image.shape[:2])
+    try:
+        box = photos.face_box(path, image.shape[:2])
+    except ValueError as error:
+        raise DataError(f"{photos.pts_path(path)}: its points span no face ({error})") from None
+    return photos.square_crop(image, box, size, margin, landmarks=points)
 
 
 def is_aflw2000_folder(path: str) -> bool:
@@ -269,14 +318,23 @@ def _fit_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data",
         required=True,
-        help="demo-layout .mat, imdb.mat, a folder of images with .pts files, or an "
-        "AFLW2000-3D folder (imageNNNNN.jpg + .mat pairs)",
+        nargs="+",
+        help="demo-layout .mat, imdb.mat, photos with an iBUG .pts file next to each (files, "
+        "folders or globs; any size and format), or an AFLW2000-3D folder "
+        "(imageNNNNN.jpg + .mat pairs)",
+    )
+    parser.add_argument(
+        "--size", type=int, default=224, help="photos: side of the square crop around the face"
+    )
+    parser.add_argument(
+        "--margin", type=float, default=0.25, help="photos: crop margin, fraction of the box"
     )
     parser.add_argument(
         "--on-error",
         choices=("fail", "skip"),
         default="fail",
-        help="AFLW2000-3D folder: stop at a bad pair (fail) or leave it out (skip)",
+        help="a bad photo, .pts file or AFLW2000-3D pair stops the command (fail) or is left "
+        "out, with its reason printed (skip)",
     )
     parser.add_argument(
         "--images",
@@ -368,11 +426,14 @@ def fit_main(argv: list[str] | None = None) -> int:
     args = _fit_parser().parse_args(argv)
     try:
         model = load_model(args.model, args.landmarks)
-        if is_aflw2000_folder(args.data):
+        if len(args.data) == 1 and is_aflw2000_folder(args.data[0]):
+            args.data = args.data[0]
             return _fit_aflw2000(args, model)
         if args.landmarks in LANDMARK_SETS:
             raise ValueError(f"--landmarks {args.landmarks} is for an AFLW2000-3D folder")
-        images, landmarks, visible, names = load_data(args.data)
+        images, landmarks, visible, names = load_data(
+            args.data, args.size, args.margin, args.on_error
+        )
         landmark_set = _pick_landmark_set(model, landmarks.shape[1])
         start = time.perf_counter()
         theta, iterations = _fit_theta(args, model, images, landmarks, visible, landmark_set)
