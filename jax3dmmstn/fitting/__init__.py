@@ -8,6 +8,7 @@ gradient descent), ``texture`` (``refine_with_texture``: the symmetry / siamese 
 from jax3dmmstn.fitting.landmarks import (
     FitResult,
     OriginalFitResult,
+    describe_fit,
     fit_landmarks,
     fit_landmarks_original,
     fit_model_landmarks,
@@ -23,6 +24,7 @@ from jax3dmmstn.fitting.texture import TextureLossWeights, refine_with_texture, 
 __all__ = [
     "FitResult",
     "OriginalFitResult",
+    "describe_fit",
     "fit_landmarks",
     "fit_landmarks_original",
     "fit_model_landmarks",

@@ -401,15 +401,13 @@ def _fit_theta(args, model, images, landmarks, visible, landmark_set):
 def _fit_report(model, theta, landmarks, visible, landmark_set, names):
     """(fitted landmarks [B, L, 2], fit.json entries without timings)."""
     from jax3dmmstn import fitting
-    from jax3dmmstn.core import geometry, pose
 
     mean_l, basis_l = fitting.landmark_shape_model(
         model.mean, model.basis, model.landmarks[landmark_set]
     )
-    fitted = np.asarray(fitting.project_landmarks(theta, mean_l, basis_l))
-    rmse = np.asarray(fitting.landmark_rmse(fitted, landmarks, visible))
-    rotation = geometry.axis_angle_to_matrix(theta_lib.rotation(theta))
-    yaw_pitch_roll = np.asarray(pose.matrix_to_pose(rotation))
+    fitted, rmse, yaw_pitch_roll = map(
+        np.asarray, fitting.describe_fit(theta, landmarks, visible, mean_l, basis_l)
+    )
     report = [
         {
             "name": name,

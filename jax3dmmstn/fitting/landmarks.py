@@ -29,6 +29,7 @@ logs = 1, alpha ~ N(0, 1), stop when the batch loss changes by less than 1.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import jax
@@ -277,10 +278,20 @@ def _fit_impl(
         tolerance,
         parametrisation,
     )
+    _, rmse, ypr = describe_fit(theta, landmarks, visibility, mean_l, basis_l, parametrisation)
+    return FitResult(theta, ypr, rmse, iterations, cost)
+
+
+@functools.partial(jax.jit, static_argnames=("parametrisation",))
+def describe_fit(theta, landmarks, visibility, mean_l, basis_l, parametrisation="matconvnet"):
+    """What a fit's theta ``[B, 6 + D]`` gives: its landmarks ``[B, L, 2]``, their RMSE to
+    ``landmarks`` ``[B]`` (visible ones) and its pose ``[B, 3]`` (yaw, pitch, roll degrees).
+
+    One compiled call (op by op, each operation of the chain would be compiled on its own).
+    """
     projection = geometry.project_theta(theta, mean_l, basis_l, parametrisation)
     rmse = landmark_rmse(projection.points2d, landmarks, visibility)
-    ypr = pose.matrix_to_pose(projection.rotation)
-    return FitResult(theta, ypr, rmse, iterations, cost)
+    return projection.points2d, rmse, pose.matrix_to_pose(projection.rotation)
 
 
 _fit_jit = jax.jit(_fit_impl, static_argnames=("max_iterations", "parametrisation"))

@@ -15,9 +15,11 @@ Orientation conventions:
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
@@ -62,8 +64,16 @@ def sample_uv_texture(images, theta, mean, basis, faces, parametrisation: str = 
     images = jnp.asarray(images, jnp.float32)
     if images.ndim != 4:
         raise ValueError(f"images must be [B, H, W, C], got {images.shape}")
+    return _sample_uv_texture(
+        images, jnp.asarray(theta, jnp.float32), mean, basis, faces, parametrisation
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("parametrisation",))
+def _sample_uv_texture(images, theta, mean, basis, faces, parametrisation):
+    # One compiled call: op by op, the chain would compile each of its ~100 operations.
     out = compose_from_theta(
-        jnp.asarray(theta, jnp.float32),
+        theta,
         images,
         mean=mean,
         basis=basis,
