@@ -44,6 +44,23 @@ def load_mat(path: str) -> dict:
     return {name: value for name, value in mat.items() if not name.startswith("__")}
 
 
+def variable_names(path: str) -> list[str]:
+    """The names of the variables in a .mat file, without loading them."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        if is_v73(path):
+            import h5py  # noqa: PLC0415  (only v7.3 files need it)
+
+            with h5py.File(path, "r") as handle:
+                return sorted(name for name in handle if not name.startswith("#"))
+        import scipy.io  # noqa: PLC0415
+
+        return sorted(name for name, _, _ in scipy.io.whosmat(path))
+    except Exception as error:  # scipy and h5py raise several types for corrupt files
+        raise MatFileError(f"{path}: not a readable MATLAB .mat file ({error})") from None
+
+
 def _load_v73(path: str) -> dict:
     import h5py  # noqa: PLC0415  (only v7.3 files need it)
 

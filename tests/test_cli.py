@@ -271,3 +271,31 @@ def test_errors_are_one_line_with_status_2_and_debug_shows_the_traceback(monkeyp
     assert err.startswith("jax3dmmstn train: error: cannot read /data/x.mat: not a MATLAB file")
     with pytest.raises(ValueError, match="x.mat"):
         cli.main(["train", "--debug", "--workdir", "w"])
+
+
+def test_the_install_without_extras_pulls_neither_torch_nor_tensorflow():
+    """The closure of jax3dmmstn's own requirements (no extra), over the installed
+    distributions' metadata: what ``pip install jax3dmmstn`` brings in."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    def requirements(name, extras=()):
+        for text in metadata.requires(name) or []:
+            requirement = Requirement(text)
+            marker = requirement.marker
+            if marker is None or any(
+                marker.evaluate({"extra": extra}) for extra in (extras or ("",))
+            ):
+                yield requirement
+
+    seen, todo = set(), [("jax3dmmstn", ())]
+    while todo:
+        name, extras = todo.pop()
+        for requirement in requirements(name, extras):
+            key = requirement.name.lower().replace("_", "-")
+            if key not in seen:
+                seen.add(key)
+                todo.append((requirement.name, tuple(requirement.extras)))
+    assert {"jax", "flax", "optax", "orbax-checkpoint", "h5py"} <= seen
+    assert not {n for n in seen if n.startswith(("torch", "tensorflow", "tf-"))}, sorted(seen)

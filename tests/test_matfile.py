@@ -138,3 +138,13 @@ def test_a_model_mat_and_a_dataset_label_saved_as_v73(tmp_path):
     read = face3d_labels.read_label(str(tmp_path / "image00001.mat"))
     np.testing.assert_array_equal(read["pt3d_68"], label["pt3d_68"])
     np.testing.assert_array_equal(read["pose_para"], label["Pose_Para"].ravel())
+
+
+def test_variable_names_without_loading(tmp_path):
+    write_v73(tmp_path / "a.mat", {"Images": np.zeros((2, 2)), "Labels": np.ones((1, 3))})
+    scipy.io.savemat(tmp_path / "b.mat", {"images": np.zeros((2, 2))})
+    assert matfile.variable_names(str(tmp_path / "a.mat")) == ["Images", "Labels"]
+    assert matfile.variable_names(str(tmp_path / "b.mat")) == ["images"]
+    (tmp_path / "c.mat").write_text("hello")
+    with pytest.raises(matfile.MatFileError, match=r"c\.mat: not a readable MATLAB"):
+        matfile.variable_names(str(tmp_path / "c.mat"))

@@ -77,10 +77,9 @@ def _load_mat_data(path: str):
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data {path}: no such file or folder")
     if path.endswith(".mat"):
-        import scipy.io
+        from jax3dmmstn import matfile
 
-        names = scipy.io.whosmat(path)
-        variables = {n for n, _, _ in names}
+        variables = set(matfile.variable_names(path))
         if "Images" in variables:
             dataset = loaders.load_demo_mat(path, expected_size=None)
         elif "images" in variables:
