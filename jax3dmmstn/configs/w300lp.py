@@ -19,26 +19,16 @@ from jax3dmmstn.configs import load_config
 
 
 def get_config() -> ml_collections.ConfigDict:
+    # tfds_300wlp's recipe (model, optimiser, crops and augmentation) on the raw folders.
     config = load_config("tfds_300wlp")
     config.name = "w300lp"
     config.model.landmarks = "ibug68"
-    config.data = ml_collections.ConfigDict(
-        dict(
-            kind="300w_lp",
-            root="",  # the 300W_LP folder (AFW/ HELEN/ IBUG/ LFPW/, _Flip, landmarks/)
-            eval_root="",  # the AFLW2000-3D folder (imageNNNNN.jpg + .mat)
-            subsets=("AFW", "HELEN", "IBUG", "LFPW"),
-            flipped=True,
-            image_size=(224, 224),
-            mirror=True,
-            seed=0,
-            eval_size=2000,
-            eval_batch_size=32,
-            crop_margin=0.25,
-            max_shift=0.05,
-            zoom_range=(0.9, 1.1),
-            prefetch=4,
-            on_error="skip",
-        )
-    )
+    data = config.data
+    for key in ("tfds_name", "split", "eval_tfds_name", "eval_split", "data_dir"):
+        del data[key]
+    data.kind = "300w_lp"
+    data.root = ""  # the 300W_LP folder (AFW/ HELEN/ IBUG/ LFPW/, _Flip, landmarks/)
+    data.eval_root = ""  # the AFLW2000-3D folder (imageNNNNN.jpg + .mat)
+    data.subsets = ("AFW", "HELEN", "IBUG", "LFPW")
+    data.flipped = True
     return config
