@@ -23,8 +23,29 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.name = "matconvnet"
     config.seed = 0
+    config.morphable_model = _morphable_model()
+    config.data = _data()
+    config.model = _model()
+    config.loss = _loss()
+    config.optim = _optim()
+    config.batch_size = 32  # before mirroring: the network sees 64 images per step
+    config.total_steps = 100_000
+    config.max_train_seconds = 0.0
+    config.parallel = "auto"
+    config.log_every = 50
+    config.eval_every = 2000
+    config.checkpoint_every = 2000
+    config.keep_checkpoints = 3
+    config.snapshots = True
+    config.progress_bar = True
+    config.tensorboard = "auto"  # TensorBoard logs when tensorboardX is installed
+    config.final_eval = True
+    return config
 
-    config.morphable_model = ml_collections.ConfigDict(
+
+def _morphable_model() -> ml_collections.ConfigDict:
+    """The original's model.mat (112 x 112 grid, 5 identity + 5 expression components)."""
+    return ml_collections.ConfigDict(
         dict(
             kind="matconvnet",
             path="model.mat",
@@ -36,7 +57,10 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
-    config.data = ml_collections.ConfigDict(
+
+def _data() -> ml_collections.ConfigDict:
+    """The original's imdb.mat, each image doubled by its mirror."""
+    return ml_collections.ConfigDict(
         dict(
             kind="imdb",
             path="imdb.mat",
@@ -50,7 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
-    config.model = ml_collections.ConfigDict(
+
+def _model() -> ml_collections.ConfigDict:
+    """VGG-Face (import vgg-face.mat) at 224 x 224; the original's theta head."""
+    return ml_collections.ConfigDict(
         dict(
             localiser="vgg16",
             localiser_input_size=None,
@@ -65,7 +92,10 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
-    config.loss = ml_collections.ConfigDict(
+
+def _loss() -> ml_collections.ConfigDict:
+    """The original's summed losses and weights."""
+    return ml_collections.ConfigDict(
         dict(
             reduction="sum",
             siamese_mirror_pairs=False,
@@ -75,7 +105,10 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
-    config.optim = ml_collections.ConfigDict(
+
+def _optim() -> ml_collections.ConfigDict:
+    """cnn_train_dag's SGD: momentum 0.9, weight decay 5e-4, learning rate 1e-10."""
+    return ml_collections.ConfigDict(
         dict(
             optimizer="sgd",
             learning_rate=1e-10,
@@ -88,17 +121,3 @@ def get_config() -> ml_collections.ConfigDict:
             grad_clip_norm=0.0,
         )
     )
-
-    config.batch_size = 32  # before mirroring: the network sees 64 images per step
-    config.total_steps = 100_000
-    config.max_train_seconds = 0.0
-    config.parallel = "auto"
-    config.log_every = 50
-    config.eval_every = 2000
-    config.checkpoint_every = 2000
-    config.keep_checkpoints = 3
-    config.snapshots = True
-    config.progress_bar = True
-    config.tensorboard = "auto"  # TensorBoard logs when tensorboardX is installed
-    config.final_eval = True
-    return config
