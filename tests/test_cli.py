@@ -155,7 +155,9 @@ def test_evaluate_and_predict_name_a_missing_workdir(tmp_path, capsys):
     missing = str(tmp_path / "nothing")
     assert cli.main(["evaluate", "--checkpoint", missing]) == 2
     assert "nothing" in capsys.readouterr().err
-    argv = ["predict", "--checkpoint", missing, "--images", "x.png", "--out", str(tmp_path)]
+    photo = tmp_path / "x.png"
+    photo.write_bytes(b"")  # the photos are listed first: this one only has to exist
+    argv = ["predict", "--checkpoint", missing, "--images", str(photo), "--out", str(tmp_path)]
     assert cli.main(argv) == 2
     assert "nothing" in capsys.readouterr().err
 
