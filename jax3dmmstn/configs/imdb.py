@@ -1,12 +1,12 @@
 """The original's imdb.mat (AFLW crops, 21 landmarks) with this project's training recipe.
 
-Like configs/matconvnet.py (VGG-Face localiser, mirrors, the original's model and landmarks)
+Like the matconvnet config (VGG-Face localiser, mirrors, the original's model and landmarks)
 but with the optimisation that converges on the synthetic data: losses averaged, Adam with
 warm-up and cosine decay, siamese pairs compared after flipping the mirror's texture, and the
 theta head's t / logs biases initialised from the mean training landmarks. bfloat16 localiser
 compute is a flag away on accelerators (--config.model.dtype=bfloat16).
 
-    python train.py --config=configs/imdb.py --config.data.path=/data/imdb.mat \\
+    jax3dmmstn train --config imdb --config.data.path=/data/imdb.mat \\
         --config.model.vggface_path=/data/vgg-face.mat \\
         --config.morphable_model.path=/data/model.mat --workdir=/runs/imdb
 """

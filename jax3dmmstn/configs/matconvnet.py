@@ -7,7 +7,7 @@ the original's imdb.mat (--config.data.path), SGD with momentum 0.9 and weight d
 mirrors (64 images), s = 0.99 ** logs, theta head initialised with Xavier x 0.001 weights and
 t = (112, 112), learning-rate multipliers 4 (weights) and 8 (bias).
 
-    python train.py --config=configs/matconvnet.py --config.data.path=/data/imdb.mat \\
+    jax3dmmstn train --config matconvnet --config.data.path=/data/imdb.mat \\
         --config.model.vggface_path=/data/vgg-face.mat \\
         --config.morphable_model.path=/data/model.mat --workdir=/runs/matconvnet
 

@@ -6,7 +6,7 @@ The datasets must be prepared beforehand under --config.data.data_dir (nothing i
 tfds.data_source reads them without TensorFlow. Evaluation is the 3DDFA protocol's NME
 (landmark error / sqrt(w h) of the ground-truth landmark box) on AFLW2000-3D.
 
-    python train.py --config=configs/tfds_300wlp.py --config.data.data_dir=/data/tfds \\
+    jax3dmmstn train --config tfds_300wlp --config.data.data_dir=/data/tfds \\
         --config.model.vggface_path=/data/vgg-face.mat \\
         --config.morphable_model.path=/data/model.mat --workdir=/runs/300wlp
 """
