@@ -1,7 +1,8 @@
 """Training (jax3dmmstn.training): optimiser, losses, NaN guard, checkpoints, pmap, multi-host.
 
 The device-count tests run the real training loop (``train_and_evaluate``) in subprocesses:
-8 host CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8) with pmap, and two
+8 host CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8) with pmap and with
+shard_map, and two
 processes joined by jax.distributed over gloo, each compared with one device; and a
 ``train.py`` run that is SIGKILLed from outside mid-way and resumed, compared with an
 uninterrupted run.
@@ -298,7 +299,9 @@ _WORKER = textwrap.dedent('''
     config.progress_bar = False
     config.log_every = 1
     config.data.prefetch = 0
-    config.parallel = "jit" if mode == "single" else "pmap"
+    # 'dist' / 'dist_shard': the same modes across two processes.
+    config.parallel = {"single": "jit", "pmap": "pmap", "shard": "shard",
+                       "dist": "pmap", "dist_shard": "shard"}[mode]
 
     model = synthetic_face_model(16)
 
@@ -381,9 +384,11 @@ def _assert_same_params(got, want, atol):
 
 
 @pytest.mark.slow
-def test_pmap_on_eight_devices_equals_one_device(tmp_path, single_device_run):
+@pytest.mark.parametrize("mode", ["pmap", "shard"])
+def test_eight_devices_equal_one_device(tmp_path, single_device_run, mode):
+    """pmap, and jit of shard_map over a mesh (batch sharded, state replicated)."""
     flags = "--xla_force_host_platform_device_count=8"
-    result = _run_worker(tmp_path, "pmap", tmp_path / "work", {"XLA_FLAGS": flags})
+    result = _run_worker(tmp_path, mode, tmp_path / "work", {"XLA_FLAGS": flags})
     assert result.returncode == 0, result.stderr[-4000:]
     assert "STEP 6 DEVICES 8" in result.stdout
     got = _final_params(tmp_path / "work")
@@ -416,7 +421,9 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_processes_with_jax_distributed_equal_one_device(tmp_path, single_device_run):
+@pytest.mark.parametrize("mode", ["dist", "dist_shard"])
+def test_two_processes_with_jax_distributed_equal_one_device(tmp_path, single_device_run, mode):
+    """pmap and shard_map, each process loading its half of every global batch."""
     script = tmp_path / "worker.py"
     script.write_text(_WORKER)
     port = str(_free_port())
@@ -427,7 +434,7 @@ def test_two_processes_with_jax_distributed_equal_one_device(tmp_path, single_de
             [
                 sys.executable,
                 str(script),
-                "dist",
+                mode,
                 str(workdir),
                 str(i),
                 port,

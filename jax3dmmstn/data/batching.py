@@ -267,6 +267,8 @@ class BatchIterator:
       flip_permutation: landmark permutation for the flip (default from L).
       process_index, process_count, num_local_devices: default from jax.
       split_devices: reshape to ``[num_local_devices, ...]``.
+      check_devices: check that the rows split over ``num_local_devices`` (mirror
+        pairs on one device) without reshaping (for a sharded global array).
       prefetch: batches prepared ahead in a background thread (0: none).
     """
 
@@ -285,6 +287,7 @@ class BatchIterator:
         process_count: Optional[int] = None,
         num_local_devices: Optional[int] = None,
         split_devices: bool = False,
+        check_devices: bool = False,
         prefetch: int = 2,
     ):
         if not hasattr(source, "load_batch"):
@@ -294,7 +297,7 @@ class BatchIterator:
         if (
             process_index is None
             or process_count is None
-            or (split_devices and num_local_devices is None)
+            or ((split_devices or check_devices) and num_local_devices is None)
         ):
             jax_index, jax_count, jax_devices = _jax_process_layout()
             process_index = jax_index if process_index is None else process_index
@@ -311,11 +314,12 @@ class BatchIterator:
         self._slice = process_slice(global_batch_size, process_index, process_count)
         local = self._slice.stop - self._slice.start
         rows = local * (2 if mirror else 1)
-        if split_devices and rows % self.num_local_devices:
+        per_device = split_devices or check_devices
+        if per_device and rows % self.num_local_devices:
             raise ValueError(
                 f"{rows} rows per process do not split over {self.num_local_devices} local devices"
             )
-        if split_devices and mirror and (rows // self.num_local_devices) % 2:
+        if per_device and mirror and (rows // self.num_local_devices) % 2:
             raise ValueError("with mirror pairs each device needs an even number of rows")
         self.step = start_step
         self._prefetch = prefetch

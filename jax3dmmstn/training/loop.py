@@ -82,7 +82,8 @@ def _resume(run: _Run, state: TrainState) -> TrainState:
 
 
 def _batch_iterator(run: _Run, train_source, state: TrainState, mode: str):
-    """Global batches from the state's data position on, split over the local devices."""
+    """This process's batches from the state's data position on: ``[B_local, ...]``, or
+    ``[local devices, B_local / local devices, ...]`` for pmap."""
     config = run.config
     landmark_set = config.model.get("landmarks", "aflw21")
     return batching.BatchIterator(
@@ -93,7 +94,10 @@ def _batch_iterator(run: _Run, train_source, state: TrainState, mode: str):
         mirror=bool(config.data.get("mirror", False)),
         flip_permutation=run.morphable_model.landmark_flip.get(landmark_set),
         split_devices=mode == "pmap",
-        num_local_devices=jax.local_device_count() if mode == "pmap" else 1,
+        # 'shard' splits the same rows over the local devices when it builds the global
+        # array; the iterator checks the split (mirror pairs kept on one device) for both.
+        check_devices=mode == "shard",
+        num_local_devices=jax.local_device_count() if parallel.uses_axis(mode) else 1,
         prefetch=int(config.data.get("prefetch", 2)),
     )
 
@@ -249,7 +253,7 @@ def _train_and_save(run: _Run, state: TrainState, train_source, tx, mode: str):
     """
     config = run.config
     start_step = int(state.step)
-    axis_name = parallel.AXIS_NAME if mode == "pmap" else None
+    axis_name = parallel.AXIS_NAME if parallel.uses_axis(mode) else None
     step_fn = make_train_step(run.model.apply, tx, config.loss, axis_name=axis_name)
     distributed = parallel.distribute(step_fn, state, mode)
     iterator = _batch_iterator(run, train_source, state, mode)

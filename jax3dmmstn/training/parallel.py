@@ -120,11 +120,18 @@ def _shard_step(step_fn: Callable, mesh: Mesh) -> Callable:
     """(replicated state, global batch [B, ...] sharded on axis 0) -> (state, metrics).
 
     ``step_fn`` runs on each device's rows; its pmean'd gradients and metrics are the same
-    on every device, which is what the replicated ``P()`` outputs declare (and shard_map
-    checks).
+    on every device, which is what the replicated ``P()`` outputs declare.
+    ``check_vma=False``: pmap's semantics. With the check, the gradient of the replicated
+    params would already be summed over devices when ``jax.grad`` returns (the transpose of
+    a replicated input is a psum), and the step's own ``pmean`` would then scale it by the
+    number of devices.
     """
     sharded = jax.shard_map(
-        step_fn, mesh=mesh, in_specs=(P(), P(AXIS_NAME)), out_specs=(P(), P())
+        step_fn,
+        mesh=mesh,
+        in_specs=(P(), P(AXIS_NAME)),
+        out_specs=(P(), P()),
+        check_vma=False,
     )
     compiled = jax.jit(sharded, donate_argnums=(0,))
 
