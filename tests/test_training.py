@@ -1,9 +1,9 @@
 """Training (jax3dmmstn.training): optimiser, losses, NaN guard, checkpoints, pmap, multi-host.
 
 The device-count tests run the real training loop (``train_and_evaluate``) in subprocesses:
-8 host CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8) with pmap and with
-shard_map, and two
-processes joined by jax.distributed over gloo, each compared with one device; and a
+8 host CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=8) and two processes
+joined by jax.distributed over gloo, each with pmap and with jit of shard_map ('shard'), each
+compared with one device; and a
 ``train.py`` run that is SIGKILLed from outside mid-way and resumed, compared with an
 uninterrupted run.
 """

@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 16  # global, before mirroring (the model sees 2x)
     config.total_steps = 2000
     config.max_train_seconds = 1020.0  # safety net: stop (and evaluate) after 17 min of training
-    config.parallel = "auto"  # 'jit' (one device), 'pmap' (all devices) or 'auto'
+    config.parallel = "auto"  # 'jit' (one device), 'pmap' or 'shard' (all devices), 'auto'
     config.log_every = 25
     config.eval_every = 250
     config.checkpoint_every = 500

@@ -37,7 +37,8 @@ MODES = ("jit", "pmap", "shard")
 def choose_parallelism(config) -> str:
     """'jit', 'pmap' or 'shard' from ``config.parallel``.
 
-    'auto': jit on one device, else pmap (measured as fast as shard on 8 host CPU devices).
+    'auto': jit on one device, else pmap (on 8 host CPU devices shard measured 2-4 % slower:
+    165 vs 159 steps/s with a tiny model, 6.5 vs 6.4 with the synthetic config's).
     """
     mode = config.get("parallel", "auto")
     if mode == "auto":
