@@ -25,11 +25,10 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from jax3dmmstn import matfile
 
 from jax3dmmstn.core.pose import pose_from_label
 from jax3dmmstn.data.errors import DataError
-from jax3dmmstn.data.loaders import pts_to_image_frame
+from jax3dmmstn.data.loaders import pts_to_image_frame, read_mat
 
 Label = dict[str, object]
 # pt2d column counts the datasets use (AFLW's 21 points, 300-W's 68); extra columns are stray.
@@ -37,13 +36,10 @@ PT2D_COUNTS = (68, 21)
 
 
 def load_mat(path: str) -> dict:
-    """The variables of a MATLAB v5/v7 file, raising ``DataError`` naming it."""
+    """The variables of a label file (any MATLAB version), raising ``DataError`` naming it."""
     if not os.path.isfile(path):
         raise DataError(f"{path}: label file is missing")
-    try:
-        return matfile.load_mat(path)
-    except matfile.MatFileError as error:
-        raise DataError(str(error)) from None
+    return read_mat(path)
 
 
 def _get(mat: dict, key: str, path: str) -> np.ndarray:

@@ -186,8 +186,8 @@ def _filter_valid(
 # ------------------------------------------------------------------------------
 # The original's .mat files.
 # ------------------------------------------------------------------------------
-def _loadmat(path: str) -> dict:
-    """The variables of a .mat file of any version (v7.3 through h5py)."""
+def read_mat(path: str) -> dict:
+    """The variables of a .mat file of any version (v7.3 through h5py), raising DataError."""
     try:
         return matfile.load_mat(path)
     except matfile.MatFileError as error:
@@ -292,7 +292,7 @@ def load_imdb_mat(
     splits = {"train": (1,), "val": (2,), "all": None}
     if split not in splits:
         raise ValueError(f"split must be one of {list(splits)}, got {split!r}")
-    mat = _loadmat(path)
+    mat = read_mat(path)
     if "images" not in mat:
         raise DataError(
             f"{path}: no variable 'images' (variables: "
@@ -331,7 +331,7 @@ def load_demo_mat(
 ) -> InMemoryDataset:
     """The demo's .mat layout: ``Images`` 224 x 224 x 3 x N (0..255), ``Labels`` 1 x 2 x L x N."""
     errors.check_policy(on_error)
-    mat = _loadmat(path)
+    mat = read_mat(path)
     for key in ("Images", "Labels"):
         if key not in mat:
             raise DataError(

@@ -72,23 +72,22 @@ def load_data(specs, size: int = 224, margin: float = 0.25, on_error: str = "fai
 
 
 def _load_mat_data(path: str):
+    """A demo-layout .mat or an imdb.mat (all of it), told apart by their variables."""
+    from jax3dmmstn import matfile
     from jax3dmmstn.data import loaders
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"--data {path}: no such file or folder")
-    if path.endswith(".mat"):
-        from jax3dmmstn import matfile
-
-        variables = set(matfile.variable_names(path))
-        if "Images" in variables:
-            dataset = loaders.load_demo_mat(path, expected_size=None)
-        elif "images" in variables:
-            dataset = loaders.load_imdb_mat(path, split="all")
-        else:
-            raise ValueError(
-                f"{path}: neither the demo layout (Images, Labels) nor an imdb.mat "
-                f"(images), variables: {sorted(variables)}"
-            )
+    variables = set(matfile.variable_names(path))
+    if "Images" in variables:
+        dataset = loaders.load_demo_mat(path, expected_size=None)
+    elif "images" in variables:
+        dataset = loaders.load_imdb_mat(path, split="all")
+    else:
+        raise ValueError(
+            f"{path}: neither the demo layout (Images, Labels) nor an imdb.mat "
+            f"(images), variables: {sorted(variables)}"
+        )
     examples = [dataset[i] for i in range(len(dataset))]
     if not examples:
         raise ValueError(f"{path}: no images")
