@@ -33,6 +33,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jax3dmmstn.evaluation import metrics
+
 # 3DDFA benchmark_aflw.py's ind_68to21, made 0-based: AFLW point i is the mean of these
 # iBUG points (eye centres: the 6 eye points; mouth centre: the 8 inner-lip points).
 IBUG68_TO_AFLW21 = tuple(
@@ -86,23 +88,19 @@ def ibug68_to_aflw21(points68) -> np.ndarray:
 def gt68_box_size(gt68) -> np.ndarray:
     """``sqrt(w h)`` of the box of all 68 ground-truth points: ``[B, 68, 2] -> [B]``."""
     gt68 = _points("gt68", gt68, 68)
-    extent = gt68.max(axis=1) - gt68.min(axis=1)  # [B, 2]
-    size = np.sqrt(extent[:, 0] * extent[:, 1])
-    if np.any(~(size > 0)):
-        bad = np.flatnonzero(~(size > 0)).tolist()
-        raise ValueError(f"gt68 of images {bad} has a zero-area box: NME undefined")
-    return size
+    return metrics.landmark_box_size(gt68, np.ones(gt68.shape[:2], bool))
 
 
 def nme68(pred, gt) -> np.ndarray:
     """3DDFA's AFLW2000-3D NME per image (a fraction; x100 for %): ``[B, 68, 2] x2 -> [B]``.
 
-    Both in one frame (pixels of the original image; y up or down, it does not matter).
+    Both in one frame (pixels of the original image; y up or down, it does not matter): the
+    project's NME (``metrics.landmark_nme``) with all 68 points counted.
     """
     pred, gt = _points("pred", pred, 68), _points("gt", gt, 68)
     if pred.shape != gt.shape:
         raise ValueError(f"pred {pred.shape} and gt {gt.shape} differ")
-    return np.linalg.norm(pred - gt, axis=-1).mean(axis=1) / gt68_box_size(gt)
+    return metrics.landmark_nme(pred, gt, np.ones(gt.shape[:2], bool))
 
 
 def nme21(pred21, gt21, visible21, gt68) -> np.ndarray:
@@ -120,9 +118,7 @@ def nme21(pred21, gt21, visible21, gt68) -> np.ndarray:
     if not np.all(visible.any(axis=1)):
         bad = np.flatnonzero(~visible.any(axis=1)).tolist()
         raise ValueError(f"images {bad} have no visible AFLW point: NME-21 undefined")
-    error = np.linalg.norm(pred21 - gt21, axis=-1)
-    mean_error = (error * visible).sum(axis=1) / visible.sum(axis=1)
-    return mean_error / gt68_box_size(gt68)
+    return metrics.mean_visible_error(pred21, gt21, visible) / gt68_box_size(gt68)
 
 
 def yaw_bins(yaw) -> np.ndarray:

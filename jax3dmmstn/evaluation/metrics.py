@@ -60,10 +60,14 @@ def landmark_nme(predicted: np.ndarray, target: np.ndarray, visible: np.ndarray)
     if predicted.shape != target.shape:
         raise ValueError(f"predicted {predicted.shape} and target {target.shape} differ")
     visible = np.asarray(visible) > 0
-    size = landmark_box_size(target, visible)
-    error = np.linalg.norm(predicted - target, axis=-1)
-    mean_error = (error * visible).sum(axis=1) / visible.sum(axis=1)
-    return mean_error / size
+    return mean_visible_error(predicted, target, visible) / landmark_box_size(target, visible)
+
+
+def mean_visible_error(predicted: np.ndarray, target: np.ndarray, visible: np.ndarray):
+    """Per-image mean L2 distance over the visible landmarks: [B, L, 2] x2, [B, L] -> [B]."""
+    visible = np.asarray(visible) > 0
+    error = np.linalg.norm(np.asarray(predicted, np.float64) - target, axis=-1)
+    return (error * visible).sum(axis=1) / visible.sum(axis=1)
 
 
 def rotation_to_yaw_pitch_roll(rotation: np.ndarray) -> np.ndarray:
