@@ -400,6 +400,13 @@ def _evaluate_parser() -> argparse.ArgumentParser:
     source.add_argument("--fit", help="fit.json of 'jax3dmmstn fit' on the --aflw2000 folder")
     parser.add_argument("--aflw2000", help="AFLW2000-3D folder (imageNNNNN.jpg + .mat) to score on")
     parser.add_argument(
+        "--crops",
+        default=None,
+        help="--checkpoint --aflw2000: read 3DDFA's crops of the images from this folder "
+        "(AFLW_GT_crop/ + AFLW_GT_*.npy; default: the run's data.root when it trained on "
+        "them, else squares around the ground-truth 68 points)",
+    )
+    parser.add_argument(
         "--on-error",
         choices=("fail", "skip"),
         default="fail",
@@ -445,92 +452,16 @@ def _evaluate_aflw2000(args) -> int:
         rows, summary = aflw2000.score_fit(fits, labels)
         out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(args.fit)), "aflw2000")
     else:
-        rows, summary = _checkpoint_on_aflw2000(args.checkpoint, args.aflw2000, args.on_error)
+        from jax3dmmstn.evaluation import aflw2000_stn
+
+        rows, summary = aflw2000_stn.evaluate_checkpoint(
+            args.checkpoint, args.aflw2000, args.crops, args.on_error
+        )
         out_dir = args.out or os.path.join(os.path.abspath(args.checkpoint), "aflw2000")
     csv_path, json_path = aflw2000.write_outputs(out_dir, rows, summary)
     print(aflw2000.format_summary(summary))
     print(f"wrote {csv_path} and {json_path}", file=sys.stderr)
     return 0
-
-
-def _checkpoint_on_aflw2000(workdir: str, root: str, on_error: str):
-    """(rows, summary) of a trained STN on AFLW2000-3D.
-
-    Each image is cropped as training crops: a square around the ground-truth 68 points'
-    box plus ``data.crop_margin`` (3DDFA crops around its roi box, from the same points),
-    resized to the checkpoint's image size; the predicted 68 points are mapped back to the
-    original image for NME, the pose is ``matrix_to_pose`` of the predicted R (a crop
-    scales and shifts, so R is unchanged).
-    """
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from jax3dmmstn.core import pose
-    from jax3dmmstn.evaluation import aflw2000
-    from jax3dmmstn.training.checkpoint import load_trained
-
-    trained = load_trained(workdir)
-    landmark_set = trained.config.model.get("landmarks", "aflw21")
-    if landmark_set != "ibug68":
-        raise ValueError(
-            f"{workdir}: the network predicts the {landmark_set!r} landmarks; AFLW2000-3D's "
-            f"NME-68 needs a model trained with model.landmarks='ibug68'"
-        )
-    size = int(trained.config.data.image_size[0])
-    margin = float(trained.config.data.get("crop_margin", 0.25))
-    examples = aflw2000.read_examples(root, on_error, lambda e: _crop_example(e, size, margin))
-    apply = jax.jit(trained.model.apply)
-    pred68, pred_ypr = [], []
-    for start in range(0, len(examples), 32):
-        chunk = examples[start : start + 32]
-        images = jnp.asarray(np.stack([e["crop"] for e in chunk]), jnp.float32)
-        out = jax.device_get(apply({"params": trained.params}, images))
-        pred68 += [_uncrop(p, e, size) for p, e in zip(np.asarray(out["landmarks"]), chunk)]
-        pred_ypr.append(np.asarray(pose.matrix_to_pose(out["R"])))
-    labels = aflw2000.label_arrays(examples)
-    rows, summary = aflw2000.evaluate_records(
-        labels.names,
-        np.stack(pred68),
-        labels.gt68,
-        np.concatenate(pred_ypr),
-        labels.pose,
-        labels.gt21,
-        labels.visible21,
-    )
-    summary.update(checkpoint_step=trained.step, crop_margin=margin, image_size=size)
-    return rows, summary
-
-
-def _crop_example(example: dict, size: int, margin: float) -> dict:
-    """The example without its image, plus ``crop`` [size, size, 3] (around the ground-truth
-    68 points), ``box`` (col_start, row_start, side) and the original ``image_hw``."""
-    import numpy as np
-
-    from jax3dmmstn.data import preprocess
-
-    target = {
-        "image": example["image"],
-        "landmarks": example["landmarks_ibug68"],
-        "landmark_visible": np.ones(68, np.float32),
-    }
-    box = preprocess.square_box(preprocess.landmark_box(target), margin)
-    crop = preprocess.crop_to_box(target, box, size)["image"]
-    kept = {k: v for k, v in example.items() if k != "image"}
-    return dict(kept, crop=crop, box=box, image_hw=np.shape(example["image"])[:2])
-
-
-def _uncrop(points, example: dict, size: int):
-    """Crop-frame points [L, 2] -> the original image's frame (``crop_to_box`` inverted)."""
-    import numpy as np
-
-    from jax3dmmstn.data import preprocess
-
-    col_start, row_start, side = example["box"]
-    pix = preprocess.landmarks_to_pixels(points, (size, size))
-    factor = size / side
-    original = (pix + 0.5) / factor + np.array([col_start, row_start]) - 0.5
-    return preprocess.pixels_to_landmarks(original, example["image_hw"])
 
 
 if __name__ == "__main__":

@@ -152,3 +152,28 @@ def test_random_augment_is_deterministic_for_a_seed():
     )
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["landmarks"], b["landmarks"])
+
+
+def test_random_jitter_keeps_the_size_and_moves_landmarks_with_the_pixels():
+    example = _blob_example(120, 120, [(40.0, 50.0), (80.0, 60.0), (60.0, 90.0)], sigma=4.0)
+    out = preprocess.random_jitter(example, np.random.default_rng(3), 0.1, (0.8, 1.25))
+    assert out["image"].shape == (120, 120, 3)
+    pix = np.asarray(geometry.image_frame_to_pixels(out["landmarks"], (120, 120)))
+    assert np.abs(pix - preprocess.landmarks_to_pixels(example["landmarks"], (120, 120))).max() > 1
+    for k in range(3):
+        np.testing.assert_allclose(_centroid(out["image"][..., k]), pix[k], atol=0.1)
+    # No jitter at all: the identity map.
+    same = preprocess.random_jitter(example, np.random.default_rng(0), 0.0, (1.0, 1.0))
+    np.testing.assert_allclose(same["landmarks"], example["landmarks"], atol=1e-4)
+    with pytest.raises(ValueError, match="square"):
+        preprocess.random_jitter(_blob_example(60, 80, [(10.0, 10.0)]), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("box", [(-20.5, 31.25, 150.0), (3.0, 7.0, 41.0)])
+def test_uncrop_pixels_inverts_crop_to_box(box):
+    example = _blob_example(200, 180, [(12.0, 40.5), (99.25, 130.0), (160.0, 7.0)])
+    cropped = preprocess.crop_to_box(example, box, 64)
+    in_crop = preprocess.landmarks_to_pixels(cropped["landmarks"], (64, 64))
+    back = preprocess.uncrop_pixels(in_crop, np.array(box[:2]), np.array(box[2]), 64)
+    original = preprocess.landmarks_to_pixels(example["landmarks"], (200, 180))
+    np.testing.assert_allclose(back, original, atol=1e-3)

@@ -175,51 +175,54 @@ def test_evaluate_aflw2000_errors_exit_2(tmp_path, model, capsys):
 def test_crop_for_the_network_maps_back_exactly(tmp_path, model):
     from jax3dmmstn.data import preprocess
     from jax3dmmstn.data.raw_folders import load_aflw2000_3d
+    from jax3dmmstn.evaluation import aflw2000_stn
 
     data = write_folder(tmp_path / "AFLW2000", model, POSES[1:2])
     example = load_aflw2000_3d(str(data))[0]
-    cropped = cli._crop_example(dict(example), 64, 0.25)
-    assert cropped["crop"].shape == (64, 64, 3) and "image" not in cropped
+    test_set = aflw2000_stn.own_crops_test_set(str(data), 64, 0.25)
+    assert test_set.images.shape == (1, 64, 64, 3)
     target = {
         "image": example["image"],
         "landmarks": example["landmarks_ibug68"],
         "landmark_visible": np.ones(68),
     }
-    in_crop = preprocess.crop_to_box(target, cropped["box"], 64)["landmarks"]
-    back = cli._uncrop(in_crop, cropped, 64)
-    np.testing.assert_allclose(back, example["landmarks_ibug68"], atol=1e-3)
+    box = preprocess.square_box(preprocess.landmark_box(target), 0.25)
+    cropped = preprocess.crop_to_box(target, box, 64)
+    np.testing.assert_array_equal(test_set.images[0], cropped["image"])
+    back = aflw2000_stn.crop_points_to_image(cropped["landmarks"][None], test_set, (64, 64))
+    np.testing.assert_allclose(back[0], example["landmarks_ibug68"], atol=1e-3)
 
 
 class _FakeNetwork:
-    """Predicts the mean face's 68 points of the crop, frontal (R = identity)."""
-
-    def __init__(self, points):
-        self.points = jnp.asarray(points, jnp.float32)
+    """Puts every vertex at the crop's centre, frontal (R = identity)."""
 
     def apply(self, variables, images):
         batch = images.shape[0]
         return {
-            "landmarks": jnp.broadcast_to(self.points, (batch, 68, 2)),
+            "points2d": jnp.full((batch, 100, 2), 32.0),
             "R": jnp.broadcast_to(jnp.eye(3), (batch, 3, 3)),
         }
 
 
-def _fake_trained(landmarks):
+def _fake_trained(landmark_sets):
+    import types
+
     import ml_collections
 
     from jax3dmmstn.training.checkpoint import TrainedModel
 
-    config = ml_collections.ConfigDict(
-        {"model": {"landmarks": landmarks}, "data": {"image_size": (64, 64), "crop_margin": 0.25}}
-    )
-    return TrainedModel(config, None, _FakeNetwork(np.full((68, 2), 32.0)), {}, 7)
+    config = ml_collections.ConfigDict({"data": {"image_size": (64, 64), "crop_margin": 0.25}})
+    face_model = types.SimpleNamespace(landmarks={k: np.arange(68) for k in landmark_sets})
+    return TrainedModel(config, face_model, _FakeNetwork(), {}, 7)
 
 
 def test_evaluate_checkpoint_on_aflw2000(tmp_path, model, monkeypatch, capsys):
     from jax3dmmstn.training import checkpoint
 
     data = write_folder(tmp_path / "AFLW2000", model)
-    monkeypatch.setattr(checkpoint, "load_trained", lambda workdir: _fake_trained("ibug68"))
+    monkeypatch.setattr(
+        checkpoint, "load_trained", lambda workdir: _fake_trained(("aflw21", "ibug68"))
+    )
     out = tmp_path / "eval"
     argv = ["evaluate", "--checkpoint", str(tmp_path), "--aflw2000", str(data), "--out", str(out)]
     assert cli.main(argv) == 0
@@ -230,7 +233,7 @@ def test_evaluate_checkpoint_on_aflw2000(tmp_path, model, monkeypatch, capsys):
     assert summary["pose_mae_degrees"]["yaw"] == pytest.approx(labels[:, 0].mean(), abs=1e-3)
     assert summary["pose_mae_degrees"]["mean"] == pytest.approx(labels.mean(), abs=1e-3)
     assert summary["nme68_percent"]["all"] > 1.0  # every point at the crop's centre
-    monkeypatch.setattr(checkpoint, "load_trained", lambda workdir: _fake_trained("aflw21"))
+    monkeypatch.setattr(checkpoint, "load_trained", lambda workdir: _fake_trained(("aflw21",)))
     capsys.readouterr()
     assert cli.main(argv) == 2
     assert "'ibug68'" in capsys.readouterr().err

@@ -760,7 +760,11 @@ def test_curves_and_snapshots_are_written(tmp_path):
     rows = [dict(split="train", step=s, **{"loss/total": 100.0 / s}) for s in range(1, 50)]
     rows += [dict(split="eval", step=s, nme=0.1 / s) for s in (10, 20, 49)]
     path = evaluation.save_curves(str(tmp_path / "curve.png"), rows, title="t")
-    assert Image.open(path).size[0] > 500
+    two_panels = Image.open(path).size[0]
+    assert two_panels > 500
+    rows[-1].update(aflw2000_pose_mae_deg=7.0, aflw2000_nme68=5.0)  # a third panel appears
+    path = evaluation.save_curves(str(tmp_path / "curve3.png"), rows, title="t")
+    assert Image.open(path).size[0] > 1.3 * two_panels
     images = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3)).astype(np.uint8)
     landmarks = np.full((3, 21, 2), 16.0)
     path = evaluation.save_landmark_snapshot(

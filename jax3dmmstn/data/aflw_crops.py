@@ -117,8 +117,9 @@ def crop_to_frame(points: np.ndarray, boxes: np.ndarray, crop_size: int = CROP_S
     """Crop pixels ``[..., L, 2]`` -> 0-based frame pixels ``[..., L, 2]`` (``frame_to_crop``'s
     inverse)."""
     start, side = crop_squares(boxes)
-    scale = side[..., None, None] / crop_size
-    return (np.asarray(points, np.float64) + 0.5) * scale + start[..., None, :] - 0.5
+    # The square's first pixel (0-based) is also where its outer edge lies in the edge units
+    # of crop_to_box / uncrop_pixels.
+    return preprocess.uncrop_pixels(points, start, side, crop_size)
 
 
 def outside_distance(points: np.ndarray, crop_size: int = CROP_SIZE) -> np.ndarray:

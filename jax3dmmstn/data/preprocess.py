@@ -168,6 +168,21 @@ def crop_to_box(
     return out
 
 
+def uncrop_pixels(points: np.ndarray, start: np.ndarray, side: np.ndarray, size: int) -> np.ndarray:
+    """Pixels of a crop -> pixels of the image it was cut from (``crop_to_box``'s map inverted).
+
+    Args:
+      points: ``[..., L, 2]`` 0-based (col, row) pixels of the ``size`` x ``size`` crop.
+      start: ``[..., 2]`` where the cropped square starts in the image (pixel-edge units:
+        ``crop_to_box``'s (col_start, row_start)); side: ``[...]`` its side (image pixels).
+    Returns:
+      ``[..., L, 2]`` float64 0-based pixels of the image.
+    """
+    scale = np.asarray(side, np.float64)[..., None, None] / size
+    start = np.asarray(start, np.float64)[..., None, :]
+    return (np.asarray(points, np.float64) + 0.5) * scale + start - 0.5
+
+
 def crop_around_landmarks(
     example: Example,
     out_size: int = 224,
@@ -309,6 +324,30 @@ def identity_pairs(identities: np.ndarray, num_pairs: int, rng: np.random.Genera
     for k, g in enumerate(chosen):
         pairs[k] = rng.choice(groups[g], size=2, replace=False)
     return pairs
+
+
+def random_jitter(
+    example: Example,
+    rng: np.random.Generator,
+    max_shift: float = 0.05,
+    zoom_range=(0.9, 1.1),
+) -> Example:
+    """Re-crop an already framed face (e.g. 3DDFA's crops) with random shift and zoom about
+    the image centre, keeping its size: ``[S, S, 3] -> [S, S, 3]``.
+
+    The shift is a fraction of the new side (uniform in +-max_shift per axis), the zoom
+    log-uniform in ``zoom_range`` (> 1: the face gets bigger); outside pixels are 0.
+    """
+    height, width = image_size(example)
+    if height != width:
+        raise ValueError(f"random_jitter needs a square image, got {height} x {width}")
+    shift = rng.uniform(-max_shift, max_shift, size=2)
+    zoom = float(np.exp(rng.uniform(np.log(zoom_range[0]), np.log(zoom_range[1]))))
+    side = width / zoom
+    # In pixel-edge units the image spans [0, width]; its centre is width / 2.
+    col_start = width / 2 + shift[0] * side - side / 2
+    row_start = height / 2 + shift[1] * side - side / 2
+    return crop_to_box(example, (col_start, row_start, side), width)
 
 
 def random_augment(

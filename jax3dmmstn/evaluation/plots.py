@@ -104,20 +104,55 @@ def save_texture_snapshot(
     return _save(fig, path)
 
 
+# Third panel of the curves: (metric, label, colour) groups, the first group a run has.
+_EXTRA_PANELS = (
+    (
+        "AFLW2000-3D",
+        (
+            ("aflw2000_pose_mae_deg", "pose MAE (deg)", "tab:purple"),
+            ("aflw2000_nme68", "NME-68 (%)", "tab:green"),
+            ("aflw2000_nme21", "NME-21 (%)", "tab:olive"),
+        ),
+    ),
+    (
+        "held-out 3D shape error",
+        (
+            ("shape_error", "predicted shape", "tab:purple"),
+            ("shape_error_mean_shape", "mean face", "gray"),
+        ),
+    ),
+)
+
+
+def _series(rows: list, split: str, key: str, factor: float = 1.0) -> list:
+    return [(r["step"], factor * r[key]) for r in rows if r.get("split") == split and key in r]
+
+
+def _extra_panel(rows: list):
+    """(title, [(label, colour, points)]) of the first ``_EXTRA_PANELS`` group the eval rows
+    have, or None."""
+    for title, metrics in _EXTRA_PANELS:
+        lines = [(label, colour, _series(rows, "eval", key)) for key, label, colour in metrics]
+        lines = [line for line in lines if line[2]]
+        if lines:
+            return title, lines
+    return None
+
+
 def save_curves(path: str, rows: Iterable[Mapping], title: str = "") -> str:
-    """Loss (train, log scale) and held-out NME (%) against step, from metrics rows.
+    """Loss (train, log scale) and held-out NME (%) against step, from metrics rows; a third
+    panel with the AFLW2000-3D benchmark (pose MAE, NME-68, NME-21) or, on synthetic data,
+    the 3D shape error against the mean face's, when the rows have them.
 
     Rows have 'split' ('train' or 'eval'), 'step', and 'loss/total' or 'nme'.
     """
     plt = _pyplot()
     rows = list(rows)
-    train = [
-        (r["step"], r["loss/total"])
-        for r in rows
-        if r.get("split") == "train" and "loss/total" in r
-    ]
-    evals = [(r["step"], 100.0 * r["nme"]) for r in rows if r.get("split") == "eval" and "nme" in r]
-    fig, (ax_loss, ax_nme) = plt.subplots(1, 2, figsize=(10, 3.6))
+    train = _series(rows, "train", "loss/total")
+    evals = _series(rows, "eval", "nme", 100.0)
+    extra = _extra_panel(rows)
+    fig, axes = plt.subplots(1, 3 if extra else 2, figsize=(15 if extra else 10, 3.6))
+    ax_loss, ax_nme = axes[0], axes[1]
     if train:
         steps, values = zip(*train)
         ax_loss.plot(steps, values, lw=0.8, color="tab:blue")
@@ -129,21 +164,35 @@ def save_curves(path: str, rows: Iterable[Mapping], title: str = "") -> str:
         steps, values = zip(*evals)
         ax_nme.plot(steps, values, "o-", ms=3, color="tab:red")
         ax_nme.axhline(3.0, ls="--", color="gray", lw=0.8)
-        ax_nme.annotate(
-            f"{values[-1]:.2f}%",
-            (steps[-1], values[-1]),
-            fontsize=8,
-            textcoords="offset points",
-            xytext=(-30, 8),
-        )
+        _annotate_last(ax_nme, steps, values, "%")
         ax_nme.set_yscale("log")
     ax_nme.set_xlabel("step")
     ax_nme.set_ylabel("held-out landmark NME (%)")
     ax_nme.grid(alpha=0.3, which="both")
+    if extra:
+        panel_title, lines = extra
+        for label, colour, points in lines:
+            steps, values = zip(*points)
+            axes[2].plot(steps, values, "o-", ms=3, color=colour, label=label)
+            _annotate_last(axes[2], steps, values, "")
+        axes[2].set_title(panel_title, fontsize=9)
+        axes[2].set_xlabel("step")
+        axes[2].legend(fontsize=8)
+        axes[2].grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _annotate_last(ax, steps, values, unit: str) -> None:
+    ax.annotate(
+        f"{values[-1]:.2f}{unit}",
+        (steps[-1], values[-1]),
+        fontsize=8,
+        textcoords="offset points",
+        xytext=(-30, 8),
+    )
 
 
 def _save(fig, path: str) -> str:

@@ -3,6 +3,7 @@ initial parameters (VGG-Face import, data-dependent head init)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -22,9 +23,17 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_morphable_model(config):
-    """config.morphable_model: kind 'synthetic' | 'npz' | 'matconvnet' (+ path, ...)."""
+    """config.morphable_model: kind 'synthetic' | 'npz' | 'matconvnet' (+ path, ...), or
+    'auto': 'synthetic' without a path, else by the path's extension (.npz, .mat)."""
     mm_config = config.morphable_model
     kind = mm_config.kind
+    if kind == "auto":
+        path = str(mm_config.get("path", "") or "")
+        kind = {"": "synthetic", ".npz": "npz", ".mat": "matconvnet"}.get(
+            os.path.splitext(path)[1].lower() if path else "", "unknown extension"
+        )
+        if kind == "unknown extension":
+            raise ValueError(f"morphable_model.path {path!r}: expected a .mat or .npz file")
     if kind == "synthetic":
         return synthetic_face_model(
             resolution=int(mm_config.resolution),

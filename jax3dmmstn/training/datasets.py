@@ -6,7 +6,11 @@ kind 'synthetic': rendered faces of the morphable model (held-out set from its o
 'tfds': tensorflow-datasets the300w_lp (train) and aflw2k3d (held out), cropped to
 image_size around the landmarks;
 '300w_lp': the raw 300W_LP folder (``data.root``, train) and AFLW2000-3D folder
-(``data.eval_root``, held out), 68 iBUG landmarks, cropped like 'tfds'.
+(``data.eval_root``, held out), 68 iBUG landmarks, cropped like 'tfds';
+'aflw': 3DDFA's AFLW crops (``data.root``, :mod:`jax3dmmstn.data.aflw_crops`) without the
+AFLW2000-3D test images: the last ``data.eval_size`` of them held out for validation, the
+rest trained on with shift/zoom jitter (the AFLW2000-3D benchmark is
+:mod:`jax3dmmstn.evaluation.aflw2000_stn`, run beside the held-out set).
 """
 
 from __future__ import annotations
@@ -17,14 +21,23 @@ from typing import Any
 
 import numpy as np
 
-from jax3dmmstn.data import batching, loaders, preprocess, raw_folders, render, synthetic
+from jax3dmmstn.data import (
+    aflw_crops,
+    batching,
+    loaders,
+    preprocess,
+    raw_folders,
+    render,
+    synthetic,
+)
 
 # What training and evaluation read from a synthetic example.
 _SYNTHETIC_KEYS = ("image", "landmarks", "landmark_visible", "theta")
-_KINDS = ("synthetic", "imdb", "tfds", "300w_lp")
+_KINDS = ("synthetic", "imdb", "tfds", "300w_lp", "aflw")
 # What training and evaluation read from a raw-folder example (strings and the other
 # landmark sets, which crops do not map, stay behind).
 _RAW_KEYS = ("image", "landmarks", "landmark_visible", "pose")
+_AFLW_KEYS = ("image", "landmarks", "landmark_visible")
 
 
 class InMemorySource:
@@ -124,6 +137,11 @@ def _check_kind(d) -> None:
         raise ValueError(f"unknown data.kind {d.kind!r}; expected one of {', '.join(_KINDS)}")
     if d.kind == "imdb" and not d.path:
         raise ValueError("config.data.path must point at imdb.mat for data.kind='imdb'")
+    if d.kind == "aflw" and not d.get("root"):
+        raise ValueError(
+            "data.kind='aflw' needs config.data.root (the folder of AFLW_GT_crop/, "
+            "AFLW_GT_crop.list and the AFLW_GT_*.npy files)"
+        )
     if d.kind == "300w_lp" and not (d.get("root") and d.get("eval_root")):
         raise ValueError(
             "data.kind='300w_lp' needs config.data.root (the 300W_LP folder) and "
@@ -139,6 +157,28 @@ def _tfds(d, name: str, split: str):
     return loaders.load_tfds(name, split=split, data_dir=d.data_dir or None, on_error=d.on_error)
 
 
+class _Subset:
+    """Examples ``indices`` of an indexable dataset, as an indexable dataset."""
+
+    def __init__(self, dataset, indices: np.ndarray):
+        self.dataset = dataset
+        self.indices = np.asarray(indices, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.dataset[int(self.indices[i])]
+
+
+def _aflw_split(d) -> tuple[_Subset, _Subset]:
+    """(training, validation) subsets of the AFLW crops without the AFLW2000-3D images."""
+    crops = aflw_crops.load_aflw_crops(d.root, "train", on_error=d.get("on_error", "fail"))
+    held = min(int(d.eval_size), len(crops) // 2)
+    cut = len(crops) - held
+    return _Subset(crops, np.arange(cut)), _Subset(crops, np.arange(cut, len(crops)))
+
+
 def build_train_source(config, morphable_model, renderer: render.FaceRenderer | None = None):
     """The training source of ``config.data`` (a BatchSource or an indexable dataset)."""
     d = config.data
@@ -149,6 +189,17 @@ def build_train_source(config, morphable_model, renderer: render.FaceRenderer | 
     if d.kind == "imdb":
         size = _image_size(d)
         return loaders.load_imdb_mat(d.path, "train", on_error=d.on_error, expected_size=size)
+    if d.kind == "aflw":
+        jitter = functools.partial(
+            preprocess.random_jitter,
+            max_shift=float(d.get("max_shift", 0.05)),
+            zoom_range=tuple(d.get("zoom_range", (0.9, 1.1))),
+        )
+        return batching.DatasetSource(
+            _aflw_split(d)[0],
+            lambda ex, rng: jitter(_raw_keys(ex, _AFLW_KEYS), rng),
+            int(config.seed),
+        )
     augment = functools.partial(
         preprocess.random_augment,
         out_size=_image_size(d)[0],
@@ -170,9 +221,9 @@ def build_train_source(config, morphable_model, renderer: render.FaceRenderer | 
     return batching.DatasetSource(train, augment, seed=int(config.seed))
 
 
-def _raw_keys(example: Mapping) -> dict:
+def _raw_keys(example: Mapping, keys=_RAW_KEYS) -> dict:
     """The part of a raw-folder example that crops map and batches carry."""
-    return {k: example[k] for k in _RAW_KEYS}
+    return {k: example[k] for k in keys}
 
 
 def build_heldout(config, morphable_model, renderer: render.FaceRenderer | None = None) -> list:
@@ -185,6 +236,9 @@ def build_heldout(config, morphable_model, renderer: render.FaceRenderer | None 
         renderer = renderer or render.FaceRenderer(morphable_model, synthetic_render_config(config))
         return _synthetic_heldout(config, morphable_model, renderer)
     eval_batch = int(d.get("eval_batch_size", 64))
+    if d.kind == "aflw":
+        held_out = _aflw_split(d)[1]
+        return _batches_from_dataset(held_out, 0, eval_batch, lambda ex: _raw_keys(ex, _AFLW_KEYS))
     if d.kind == "imdb":
         size = _image_size(d)
         held_out = loaders.load_imdb_mat(d.path, "val", on_error=d.on_error, expected_size=size)

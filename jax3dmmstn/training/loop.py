@@ -22,7 +22,7 @@ from typing import Any
 import jax
 
 from jax3dmmstn.data import batching
-from jax3dmmstn.evaluation import heldout, plots
+from jax3dmmstn.evaluation import aflw2000_stn, heldout, plots
 from jax3dmmstn.training import builders, datasets, optim, parallel
 from jax3dmmstn.training.checkpoint import Checkpointer, config_to_dict, warn_config_changes
 from jax3dmmstn.training.interrupt import StopRequests, TrainingInterrupted
@@ -53,6 +53,7 @@ class _Run:
     metrics: MetricsWriter
     tensorboard: TensorBoardLog
     predict: Callable  # (params, images) -> the STN outputs evaluation needs, jitted once
+    benchmark: Callable | None  # params -> AFLW2000-3D protocol metrics (eval.aflw2000_root)
     config_json: dict  # saved with every checkpoint
 
     def wall_s(self) -> float:
@@ -106,6 +107,8 @@ def _evaluate(run: _Run, params, step: int) -> dict:
     """Held-out metrics of ``params``, logged; the first batch drawn as snapshots/latest_*,
     and the training curve redrawn, so a running job can be watched."""
     summary, first = heldout.evaluate(run.predict, params, run.eval_batches, run.morphable_model)
+    if run.benchmark is not None:
+        summary.update(run.benchmark(params))
     row = dict(split="eval", step=step, wall_s=run.wall_s(), **summary)
     run.metrics.write(row)
     run.tensorboard.scalars("eval", step, row)
@@ -180,7 +183,7 @@ def _train_steps(run: _Run, distributed, iterator, start_step: int, progress, st
         if eval_every and (step % eval_every == 0 or step == total_steps):
             summary = _evaluate(run, distributed.to_host(device_state).params, step)
             last_eval_step = step
-            scores = ", ".join(f"{k}={v:.4g}" for k, v in summary.items())
+            scores = ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if "_yaw_" not in k)
             progress.message(f"step {step}: {scores}")
         if stop.signum is not None:
             run.checkpointer.save(distributed.to_host(device_state), run.config_json, force=True)
@@ -235,6 +238,7 @@ def train_and_evaluate(config, workdir: str, data=None, return_state: bool = Fal
         metrics=MetricsWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_chief),
         tensorboard=TensorBoardLog(workdir, config.get("tensorboard", "auto"), enabled=is_chief),
         predict=heldout.make_eval_fn(model),
+        benchmark=aflw2000_stn.make_benchmark(config, model, morphable_model),
         config_json=config_to_dict(config),
     )
     state = _resume(run, state)

@@ -1,0 +1,61 @@
+"""The paper's real-face recipe on a CPU: AFLW with its 21 manual landmarks, no pose or 3D
+label, scored on AFLW2000-3D.
+
+    jax3dmmstn train --config aflw --workdir W \\
+        --config.data.root=<folder of AFLW_GT_crop/, AFLW_GT_crop.list, AFLW_GT_*.npy> \\
+        --config.eval.aflw2000_root=<AFLW2000-3D folder> \\
+        --config.morphable_model.path=<the original's model.mat>
+
+Data: 3DDFA's 120 x 120 crops of AFLW (``jax3dmmstn.data.aflw_crops``; XgTu/2DASL ships
+them): the 19,080 faces that are not AFLW2000-3D images, less the last ``data.eval_size``
+kept for validation (never the test set); shift/zoom jitter; each face and its mirror form
+a siamese pair. Supervision: the 21 AFLW points where they are marked visible, the
+morphable model's 'aflw21' vertices (the original's model.mat defines them; the built-in
+synthetic model, used when ``morphable_model.path`` is empty, has its own).
+
+Evaluation (every ``eval_every`` steps and at the end), on 3DDFA's crops of the 2,000
+AFLW2000-3D images with their .mat labels (``jax3dmmstn.evaluation.aflw2000_stn``):
+``aflw2000_pose_mae_deg`` (and ``_yaw/_pitch/_roll``; the 1,969 images within +-99
+degrees), ``aflw2000_nme68`` (3DDFA's AFLW2000-3D protocol, from the model's 68 'ibug68'
+vertices) and ``aflw2000_nme21`` (3DDFA's AFLW protocol on the visible points), both in %,
+each also per yaw bin. The model is never tuned on these numbers.
+
+The recipe is the synthetic config's (small CNN on a 64 x 64 copy, Adam, mean-reduced
+losses, head initialised from the data) with a time budget of 60 minutes on 2 CPU cores;
+``--config.model.localiser=vgg16`` with ``model.localiser_input_size=(224, 224)`` (and
+``model.vggface_path``) is the accelerator variant.
+"""
+
+import ml_collections
+
+from jax3dmmstn.configs import load_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = load_config("synthetic")
+    config.name = "aflw"
+    mm = config.morphable_model
+    mm.kind = "auto"  # path '' -> the built-in synthetic model; *.mat -> MatConvNet model.mat
+    mm.path = ""
+    config.data = ml_collections.ConfigDict(
+        dict(
+            kind="aflw",
+            root="",
+            image_size=(120, 120),
+            mirror=True,
+            seed=0,
+            eval_size=512,  # validation faces taken from the end of the training split
+            eval_batch_size=128,
+            max_shift=0.05,
+            zoom_range=(0.9, 1.1),
+            on_error="skip",  # irregular labels (points far outside the crop) are reported
+            prefetch=2,
+        )
+    )
+    config.eval = ml_collections.ConfigDict(dict(aflw2000_root=""))
+    config.model.landmarks = "aflw21"
+    config.total_steps = 12000
+    config.max_train_seconds = 3300.0  # stop (and evaluate) after 55 minutes of training
+    config.eval_every = 2000
+    config.checkpoint_every = 2000
+    return config
