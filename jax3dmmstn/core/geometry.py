@@ -242,7 +242,11 @@ def morphable_shape(mean: jax.Array, basis: jax.Array, alpha: jax.Array) -> jax.
         raise ValueError(f"basis must be [N, 3, D] with N, 3 = {mean.shape}, got {basis.shape}")
     if alpha.ndim != 2 or alpha.shape[1] != basis.shape[2]:
         raise ValueError(f"alpha must be [B, D] with D = {basis.shape[2]}, got {alpha.shape}")
-    return mean[None] + jnp.einsum("nkd,bd->bnk", basis, alpha)
+    # One [B, D] x [D, 3N] matrix product with the output already in [B, N, 3] order
+    # (an einsum to "bnk" computes [N, 3, B] and then transposes it).
+    n_vertices, _, n_components = basis.shape
+    offsets = jnp.dot(alpha, basis.reshape(3 * n_vertices, n_components).T)
+    return mean[None] + offsets.reshape(alpha.shape[0], n_vertices, 3)
 
 
 def rotate(points: jax.Array, rot: jax.Array) -> jax.Array:
@@ -257,7 +261,14 @@ def rotate(points: jax.Array, rot: jax.Array) -> jax.Array:
     chex.assert_rank(points, 3)
     chex.assert_shape(rot, (points.shape[0], 3, 3))
     chex.assert_axis_dimension(points, 2, 3)
-    return jnp.einsum("bij,bnj->bni", rot, points)
+    # Nine multiply-adds per point, written out: XLA fuses them with the neighbouring
+    # elementwise work, where a batched 3 x 3 matrix product is a separate, slow loop.
+    rot = rot.astype(points.dtype)
+    x, y, z = points[..., 0], points[..., 1], points[..., 2]
+    rows = [
+        rot[:, i, 0, None] * x + rot[:, i, 1, None] * y + rot[:, i, 2, None] * z for i in range(3)
+    ]
+    return jnp.stack(rows, -1)
 
 
 def project_orthographic(points: jax.Array) -> jax.Array:
