@@ -131,9 +131,9 @@ def flat_metrics(summary: Mapping) -> dict:
         "nme21": summary["nme21_percent"],
     }
     for name, values in binned.items():
-        if name != "pose_mae_deg":
+        if name != "pose_mae_deg":  # (the pose MAE's headline is already over all images)
             out[f"{PREFIX}{name}"] = values["mean"]
-        out[f"{PREFIX}{name}_all"] = values["all"]
+            out[f"{PREFIX}{name}_all"] = values["all"]
         for bin_name in aflw2000.YAW_BIN_NAMES:
             out[f"{PREFIX}{name}_{bin_name}"] = values[bin_name]
     return {k: float(v) for k, v in out.items()}

@@ -179,6 +179,24 @@ def _aflw_split(d) -> tuple[_Subset, _Subset]:
     return _Subset(crops, np.arange(cut)), _Subset(crops, np.arange(cut, len(crops)))
 
 
+def _aflw_train(config, train: _Subset) -> batching.DatasetSource:
+    """The AFLW training crops, re-cropped with random shift and zoom."""
+    d = config.data
+    jitter = functools.partial(
+        preprocess.random_jitter,
+        max_shift=float(d.get("max_shift", 0.05)),
+        zoom_range=tuple(d.get("zoom_range", (0.9, 1.1))),
+    )
+    return batching.DatasetSource(
+        train, lambda ex, rng: jitter(_raw_keys(ex, _AFLW_KEYS), rng), int(config.seed)
+    )
+
+
+def _aflw_heldout(d, held_out: _Subset) -> list:
+    batch = int(d.get("eval_batch_size", 64))
+    return _batches_from_dataset(held_out, 0, batch, lambda ex: _raw_keys(ex, _AFLW_KEYS))
+
+
 def build_train_source(config, morphable_model, renderer: render.FaceRenderer | None = None):
     """The training source of ``config.data`` (a BatchSource or an indexable dataset)."""
     d = config.data
@@ -190,16 +208,7 @@ def build_train_source(config, morphable_model, renderer: render.FaceRenderer | 
         size = _image_size(d)
         return loaders.load_imdb_mat(d.path, "train", on_error=d.on_error, expected_size=size)
     if d.kind == "aflw":
-        jitter = functools.partial(
-            preprocess.random_jitter,
-            max_shift=float(d.get("max_shift", 0.05)),
-            zoom_range=tuple(d.get("zoom_range", (0.9, 1.1))),
-        )
-        return batching.DatasetSource(
-            _aflw_split(d)[0],
-            lambda ex, rng: jitter(_raw_keys(ex, _AFLW_KEYS), rng),
-            int(config.seed),
-        )
+        return _aflw_train(config, _aflw_split(d)[0])
     augment = functools.partial(
         preprocess.random_augment,
         out_size=_image_size(d)[0],
@@ -259,6 +268,10 @@ def build_heldout(config, morphable_model, renderer: render.FaceRenderer | None 
 
 def build_data(config, morphable_model) -> tuple[Any, list]:
     """(training source for BatchIterator, list of held-out batches) from ``config.data``."""
+    if config.data.kind == "aflw":  # one reading (and one report of skipped crops) for both
+        _check_kind(config.data)
+        train, held_out = _aflw_split(config.data)
+        return _aflw_train(config, train), _aflw_heldout(config.data, held_out)
     renderer = None
     if config.data.kind == "synthetic":  # one renderer (its set-up is not free) for both
         renderer = render.FaceRenderer(morphable_model, synthetic_render_config(config))

@@ -34,6 +34,8 @@ from jax3dmmstn.training.tensorboard import TensorBoardLog
 
 logger = logging.getLogger(__name__)
 
+# Metrics left out of the progress line (per yaw bin, over all images): in metrics.jsonl.
+_DETAIL = ("_all", "_yaw_0_30", "_yaw_30_60", "_yaw_60_90")
 # What the step reads from a training batch.
 _BATCH_KEYS = ("image", "landmarks", "landmark_visible")
 
@@ -183,7 +185,9 @@ def _train_steps(run: _Run, distributed, iterator, start_step: int, progress, st
         if eval_every and (step % eval_every == 0 or step == total_steps):
             summary = _evaluate(run, distributed.to_host(device_state).params, step)
             last_eval_step = step
-            scores = ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if "_yaw_" not in k)
+            scores = ", ".join(
+                f"{k}={v:.4g}" for k, v in summary.items() if not k.endswith(_DETAIL)
+            )
             progress.message(f"step {step}: {scores}")
         if stop.signum is not None:
             run.checkpointer.save(distributed.to_host(device_state), run.config_json, force=True)
