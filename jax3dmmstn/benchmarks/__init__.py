@@ -12,8 +12,10 @@ import importlib
 import sys
 
 BENCHMARKS = {
+    "all": "every figure below in one table (and JSON), torch ratios where torch is installed",
+    "chain": "the STN's parameter-free chain + losses, forward + d/dtheta, JAX vs torch (port)",
     "sampler": "bilinear sampler forward + backward, JAX vs torch grid_sample (needs torch)",
-    "train_step": "one training step of both localisers: images/s, FLOPs, % of peak",
+    "train_step": "one training step of both localisers: images/s, FLOPs, memory, vs torch",
     "fit": "landmark fitting: Levenberg-Marquardt vs the original demo's descent",
     "data_pipeline": "renderer, batching and real-data loading throughput",
     "build_bfm": "building the grid model from a BFM-sized synthetic input",

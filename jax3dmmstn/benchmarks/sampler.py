@@ -11,8 +11,9 @@ What is timed, in ONE process, on the CPU:
   (``block_until_ready`` on all three).
 * torch: ``grid_sample(align_corners=True, padding_mode="zeros")`` on an NCHW
   image with ``requires_grad``, then ``torch.autograd.grad`` for the image and
-  the grid. torch uses as many intra-op threads as the machine has cores (XLA's
-  CPU client does so by default).
+  the grid. torch runs with 1 intra-op thread and with one per core, interleaved;
+  the faster of the two is the comparison (on a busy, shared machine torch's
+  threads can wait on each other far longer than the work takes).
 * Also "grid only": the same with the image a constant, i.e. only d/dgrid (what
   a 3DMM-STN needs when the image is the network input). Under jit XLA removes
   the unused d/dimage scatter; torch skips it through its output mask.
@@ -39,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax3dmmstn.benchmarks import timing
 from jax3dmmstn.core.sampler import bilinear_sample
 
 
@@ -107,46 +109,47 @@ def measure(
     grid_only: bool,
     seed: int = 0,
 ) -> dict:
-    """Median (and min) seconds per forward+backward of JAX and torch."""
+    """Median (and min) seconds per forward+backward of JAX and torch (``torch`` None: JAX only).
+
+    torch runs with 1 thread and with one per core (interleaved); the faster is the
+    comparison (``timing.torch_summary``).
+    """
     rng = np.random.default_rng(seed)
     image = rng.uniform(size=(batch, in_size, in_size, 3)).astype(np.float32)
     grid = face_like_grid(rng, batch, out_size)
     cotangent = rng.normal(size=(batch, out_size, out_size, 3)).astype(np.float32)
 
     jax_args = tuple(jax.device_put(a) for a in (image, grid, cotangent))
-    jax_step = _jax_step(grid_only)
-    run_jax = lambda: jax.block_until_ready(jax_step(*jax_args))
-    run_torch = _torch_step(
-        torch,
-        grid_only,
-        torch.from_numpy(image).permute(0, 3, 1, 2).contiguous(),
-        torch.from_numpy(grid),
-        torch.from_numpy(cotangent).permute(0, 3, 1, 2).contiguous(),
-    )
-
-    for _ in range(warmup):  # includes compilation
-        run_jax()
-        run_torch()
-    times = {"jax": [], "torch": []}
-    for i in range(repeats):
-        order = (("jax", run_jax), ("torch", run_torch))
-        for name, fn in order if i % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    jax_s, torch_s = statistics.median(times["jax"]), statistics.median(times["torch"])
-    return dict(
+    compiled = _jax_step(grid_only).lower(*jax_args).compile()
+    fns = {"jax": lambda: jax.block_until_ready(compiled(*jax_args))}
+    if torch is not None:
+        run_torch = _torch_step(
+            torch,
+            grid_only,
+            torch.from_numpy(image).permute(0, 3, 1, 2).contiguous(),
+            torch.from_numpy(grid),
+            torch.from_numpy(cotangent).permute(0, 3, 1, 2).contiguous(),
+        )
+        fns.update(timing.torch_thread_variants(torch, run_torch))
+    times = timing.interleaved(fns, repeats, warmup)
+    result = dict(
         batch=batch,
         in_size=in_size,
         out_size=out_size,
         grid_only=grid_only,
-        jax_s=jax_s,
-        torch_s=torch_s,
-        ratio=jax_s / torch_s,
-        jax_min_s=min(times["jax"]),
-        torch_min_s=min(times["torch"]),
+        jax_s=times["jax"]["median_s"],
+        jax_min_s=times["jax"]["min_s"],
         repeats=repeats,
+        memory=timing.compiled_memory(compiled),
     )
+    if torch is not None:
+        result.update(timing.torch_summary(times, result["jax_s"]))
+    return result
+
+
+def measure_jax(batch, in_size, out_size, repeats, warmup, grid_only, seed=0) -> dict:
+    """:func:`measure` without torch."""
+    return measure(None, batch, in_size, out_size, repeats, warmup, grid_only, seed)
 
 
 def measure_pieces(
@@ -197,14 +200,14 @@ def _table(rows: list[dict], title: str) -> str:
     lines = [
         f"**{title}**",
         "",
-        "| B | image | output | gradients | JAX ms | torch ms | JAX / torch |",
+        "| B | image | output | gradients | JAX ms | torch ms (threads) | JAX / torch |",
         "|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['batch']} | {r['in_size']}² | {r['out_size']}² | "
             f"{'grid only' if r['grid_only'] else 'image + grid'} | "
-            f"{1e3 * r['jax_s']:.1f} | {1e3 * r['torch_s']:.1f} | "
+            f"{1e3 * r['jax_s']:.1f} | {1e3 * r['torch_s']:.1f} ({r['torch_threads']}) | "
             f"{r['ratio']:.2f} |"
         )
     return "\n".join(lines)
@@ -239,7 +242,7 @@ def _machine_info(torch, repeats: int, warmup: int) -> dict:
     """Versions, threads and load; printed as the report's header."""
     info = dict(
         cores=os.cpu_count() or 1,
-        torch_threads=torch.get_num_threads(),
+        torch_threads=f"1 and {os.cpu_count() or 1} (the faster counts)",
         jax=jax.__version__,
         torch=torch.__version__,
         backend=jax.default_backend(),
@@ -268,7 +271,6 @@ def _print_pieces(pieces: dict) -> None:
 def main(argv=None) -> dict:
     args = _parser().parse_args(argv)
     torch = _import_torch()
-    torch.set_num_threads(os.cpu_count() or 1)
     repeats = args.repeats or (7 if args.quick else 30)
     warmup = 2 if args.quick else 3
     in_size = 224

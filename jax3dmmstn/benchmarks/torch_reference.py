@@ -116,3 +116,69 @@ def make_chain(torch, mean, basis, faces, landmark_index, image_size, accumulate
         )
 
     return chain
+
+
+VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+def make_network(torch, localiser: str, n_theta: int, input_size: int = 224):
+    """The port's localiser + theta head as a ``torch.nn.Module``: image NCHW -> theta.
+
+    ``vgg16``: the port's ``vgg_dag_face`` (conv3x3 + ReLU blocks, 2x2 max pools, fc6 as a
+    7 x 7 convolution, fc7 as 1 x 1, each + ReLU) and its fc8 as a 1 x 1 convolution to
+    theta. ``small_cnn``: the synthetic config's small CNN (four stages of two conv3x3 +
+    group norm + ReLU and a max pool, a 256-wide dense layer), input resized to 64 x 64 as
+    our model does, then a dense theta head.
+    """
+    nn = torch.nn
+    if localiser == "vgg16":
+        layers, channels = [], 3
+        for width, count in VGG16_BLOCKS:
+            for _ in range(count):
+                layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+                channels = width
+            layers.append(nn.MaxPool2d(2, 2))
+        size = input_size // 32
+        layers += [
+            nn.Conv2d(512, 4096, size),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(4096, 4096, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(4096, n_theta, 1),
+            nn.Flatten(),
+        ]
+        return nn.Sequential(*layers)
+    if localiser == "small_cnn":
+        layers, channels = [nn.Upsample(size=(64, 64), mode="bilinear")], 3
+        for width in (16, 32, 64, 128):
+            for _ in range(2):
+                layers += [
+                    nn.Conv2d(channels, width, 3, padding=1),
+                    nn.GroupNorm(min(8, width), width),
+                    nn.ReLU(inplace=True),
+                ]
+                channels = width
+            layers.append(nn.MaxPool2d(2, 2))
+        layers += [nn.Flatten(), nn.Linear(128 * 4 * 4, 256), nn.ReLU(), nn.Linear(256, n_theta)]
+        return nn.Sequential(*layers)
+    raise ValueError(f"unknown localiser {localiser!r}")
+
+
+def make_train_step(torch, network, chain, learning_rate=1e-10, momentum=0.9, weight_decay=5e-4):
+    """One SGD-with-momentum step of ``network`` + ``chain`` (the original's optimiser).
+
+    Returns ``step(image NCHW, target [B, L, 2], visible [B, L]) -> loss``.
+    """
+    optimiser = torch.optim.SGD(
+        network.parameters(), lr=learning_rate, momentum=momentum, weight_decay=weight_decay
+    )
+
+    def step(image, target, visible):
+        optimiser.zero_grad(set_to_none=True)
+        theta = network(image)
+        total, _ = chain(theta, image, target, visible)
+        total.backward()
+        optimiser.step()
+        return total.detach()
+
+    return step

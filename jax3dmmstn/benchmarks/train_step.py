@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax3dmmstn import training
+from jax3dmmstn.benchmarks import timing
 from jax3dmmstn import configs as config_files
 from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
@@ -64,7 +65,8 @@ def peak_tflops(device, dtype: str, override: float | None) -> float | None:
     return None
 
 
-def bench(localiser: str, batch: int, steps: int, dtype: str, peak_override) -> dict:
+def _jax_step(localiser: str, batch: int, dtype: str):
+    """The compiled JAX training step, its inputs and a runner: (run, compiled, info)."""
     config = config_for(localiser, dtype)
     face_model = synthetic_face_model(resolution=int(config.morphable_model.resolution))
     model = training.build_model(config, face_model)
@@ -80,21 +82,75 @@ def bench(localiser: str, batch: int, steps: int, dtype: str, peak_override) -> 
     )
     step = jax.jit(training.make_train_step(model.apply, tx, config.loss), donate_argnums=0)
     compiled = step.lower(state, data).compile()
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = compiled(holder["state"], data)
+        return jax.block_until_ready(metrics)
+
+    info = dict(
+        face_model=face_model,
+        data=data,
+        n_params=int(sum(np.size(x) for x in jax.tree.leaves(params))),
+    )
+    return run, compiled, info
+
+
+def _torch_step(torch, localiser: str, face_model, data):
+    """The port's network + chain + SGD step on the same data: a runner."""
+    from jax3dmmstn.benchmarks import torch_reference
+
+    n_theta = 6 + face_model.basis.shape[-1]
+    torch.manual_seed(0)
+    network = torch_reference.make_network(torch, localiser, n_theta)
+    head = [m for m in network.modules() if getattr(m, "bias", None) is not None][-1]
+    with torch.no_grad():  # the configs' head: tiny weights, theta near (0, 112, 112, 0, ...)
+        head.weight.mul_(1e-3)
+        head.bias.zero_()
+        head.bias[3:5] = 112.0
+    chain = torch_reference.make_chain(
+        torch,
+        face_model.mean,
+        face_model.basis,
+        face_model.faces,
+        face_model.landmarks["aflw21"],
+        (224, 224),
+    )
+    step = torch_reference.make_train_step(torch, network, chain)
+    image = torch.from_numpy(np.asarray(data["image"], np.float32)).permute(0, 3, 1, 2)
+    image = image.contiguous()
+    target = torch.tensor(np.asarray(data["landmarks"]))
+    visible = torch.tensor(np.asarray(data["landmark_visible"]))
+    return lambda: step(image, target, visible)
+
+
+def bench(
+    localiser: str,
+    batch: int,
+    steps: int,
+    dtype: str,
+    peak_override=None,
+    torch=None,
+    torch_threads: str = "both",
+) -> dict:
+    """Median step time of JAX (and of the torch port's network when ``torch`` is given)."""
+    run, compiled, info = _jax_step(localiser, batch, dtype)
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}
     flops = float((cost or {}).get("flops", float("nan")))
     start = time.perf_counter()
-    state, metrics = compiled(state, data)
-    jax.block_until_ready(metrics)
+    run()
     first = time.perf_counter() - start
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        state, metrics = compiled(state, data)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+    fns = {"jax": run}
+    if torch is not None:
+        torch_run = _torch_step(torch, localiser, info["face_model"], info["data"])
+        variants = timing.torch_thread_variants(torch, torch_run)
+        if torch_threads != "both":
+            variants = {k: v for k, v in variants.items() if k.endswith(f"_{torch_threads}")}
+        fns.update(variants)
+    times = timing.interleaved(fns, steps, warmup=1)
+    median = times["jax"]["median_s"]
     device = jax.devices()[0]
     peak = peak_tflops(device, dtype, peak_override)
     result = dict(
@@ -108,11 +164,28 @@ def bench(localiser: str, batch: int, steps: int, dtype: str, peak_override) -> 
         gflop_per_step=flops / 1e9,
         achieved_tflops=flops / median / 1e12,
         device=f"{device.platform}:{device.device_kind}",
-        n_params=int(sum(np.size(x) for x in jax.tree.leaves(params))),
+        n_params=info["n_params"],
+        memory=timing.compiled_memory(compiled),
     )
+    if torch is not None:
+        result.update(timing.torch_summary(times, median))
     if peak:
         result.update(peak_tflops=peak, fraction_of_peak=flops / median / 1e12 / peak)
     return result
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| localiser | B | JAX ms | " + timing.TORCH_HEADER + " | images/s | GFLOP | peak MiB |",
+        "|---|---:|---:|" + timing.TORCH_RULE + "|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['localiser']} | {r['batch']} | {1e3 * r['step_s']:.0f} | "
+            f"{timing.torch_cells(r)} | {r['images_per_s']:.1f} | {r['gflop_per_step']:.0f} | "
+            f"{timing.mib((r.get('memory') or {}).get('peak_bytes'))} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
@@ -120,7 +193,7 @@ def main(argv=None) -> None:
         prog="jax3dmmstn benchmark train_step", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--localisers", default="small_cnn,vgg16")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", default="32", help="batch size(s), comma-separated")
     parser.add_argument(
         "--steps",
         type=int,
@@ -129,31 +202,35 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument("--torch", action="store_true", help="also time the torch port's network")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     on_cpu = jax.devices()[0].platform == "cpu"
+    torch = timing.import_torch() if args.torch else None
+    if args.torch and torch is None:
+        print("# torch is not installed: JAX only (pip install 'jax3dmmstn[torch]')")
     results = []
     print(
         f"# {platform.node()} {jax.devices()[0].device_kind} x{jax.device_count()}, "
-        f"jax {jax.__version__}, {os.cpu_count()} CPU cores"
+        f"jax {jax.__version__}, {os.cpu_count()} CPU cores, load {timing.load_average()}"
     )
-    for name in args.localisers.split(","):
-        steps = args.steps or (3 if (name == "vgg16" and on_cpu) else 20)
-        r = bench(name, args.batch, steps, args.dtype, args.peak_tflops)
-        results.append(r)
-        line = (
-            f"{name:>10}: {r['images_per_s']:8.1f} images/s  ({r['step_s'] * 1e3:8.1f} ms "
-            f"per step of {r['batch']}, {r['gflop_per_step']:.1f} GFLOP/step, "
-            f"{r['achieved_tflops'] * 1e3:.1f} GFLOP/s"
-        )
-        if "fraction_of_peak" in r:
-            line += f", {100 * r['fraction_of_peak']:.1f}% of {r['peak_tflops']:.0f} TFLOP/s peak"
-        print(line + ")", flush=True)
-    if len(results) == 2:
-        print(
-            f"ratio small_cnn / vgg16 images/s: "
-            f"{results[0]['images_per_s'] / results[1]['images_per_s']:.1f}x"
-        )
+    for batch in (int(b) for b in args.batch.split(",")):
+        for name in args.localisers.split(","):
+            steps = args.steps or (3 if (name == "vgg16" and on_cpu) else 20)
+            r = bench(name, batch, steps, args.dtype, args.peak_tflops, torch)
+            results.append(r)
+            line = (
+                f"{name:>10}: {r['images_per_s']:8.1f} images/s  ({r['step_s'] * 1e3:8.1f} ms "
+                f"per step of {r['batch']}, {r['gflop_per_step']:.1f} GFLOP/step, "
+                f"{r['achieved_tflops'] * 1e3:.1f} GFLOP/s"
+            )
+            if "fraction_of_peak" in r:
+                line += f", {100 * r['fraction_of_peak']:.1f}% of {r['peak_tflops']:.0f} TFLOP/s peak"
+            if "torch_s" in r:
+                line += f"; torch {1e3 * r['torch_s']:.1f} ms, JAX / torch {r['ratio']:.2f}"
+            print(line + ")", flush=True)
+    print(table(results))
+    print(f"# load at end {timing.load_average()}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

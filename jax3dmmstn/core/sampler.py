@@ -315,17 +315,23 @@ def _bilinear_sample_bwd(residuals, d_out):
 _bilinear_sample.defvjp(_bilinear_sample_fwd, _bilinear_sample_bwd, symbolic_zeros=True)
 
 
-def bilinear_sample(image: jax.Array, grid: jax.Array) -> jax.Array:
+def bilinear_sample(image: jax.Array, grid: jax.Array, *, rematerialise: bool = False) -> jax.Array:
     """Samples ``image`` at ``grid`` (MatConvNet vl_nnbilinearsampler semantics).
 
     Args:
       image: ``[B, H, W, C]``, row 0 at the top.
       grid: ``[Bo, Ho, Wo, 2]`` of (x, y) in [-1, 1]; ``Bo`` a multiple of ``B``.
+      rematerialise: wrap the sampler in ``jax.checkpoint``: a gradient keeps nothing of
+        the forward pass (not the per-sample windows XLA would otherwise keep for the
+        backward pass) and recomputes it. Same values and gradients; less memory for large
+        outputs at the cost of a second forward pass.
     Returns:
       ``[Bo, Ho, Wo, C]`` in the image's dtype.
     """
     image, grid = jnp.asarray(image), jnp.asarray(grid)
     _check_inputs(image, grid)
+    if rematerialise:
+        return jax.checkpoint(_bilinear_sample)(image, grid)
     return _bilinear_sample(image, grid)
 
 
