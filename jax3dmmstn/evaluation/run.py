@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from jax3dmmstn.evaluation import heldout, metrics
+from jax3dmmstn.evaluation import heldout, metrics, shape_report
 from jax3dmmstn.training import checkpoint, datasets
 
 PER_IMAGE_CSV = "per_image.csv"
@@ -38,7 +38,9 @@ def evaluate_checkpoint(workdir: str, out_dir: str | None = None) -> dict:
 
     Writes ``per_image.csv`` and ``summary.json`` into ``out_dir`` (default
     ``workdir/evaluation``) and returns the summary: the means of the per-image metrics
-    (as in ``final_metrics.json``) plus 'step' (the checkpoint's) and 'num_images'.
+    (as in ``final_metrics.json``) plus 'step' (the checkpoint's) and 'num_images'. On
+    synthetic faces also ``shape_report.json`` and ``shapes.png`` (``shape_report.write``)
+    and the summary's 'ratio_to_mean_shape'.
     Raises FileNotFoundError / ValueError as :func:`~jax3dmmstn.training.load_trained` does.
     """
     trained = checkpoint.load_trained(workdir)
@@ -53,6 +55,10 @@ def evaluate_checkpoint(workdir: str, out_dir: str | None = None) -> dict:
     out_dir = out_dir or os.path.join(os.path.abspath(workdir), "evaluation")
     os.makedirs(out_dir, exist_ok=True)
     write_per_image_csv(os.path.join(out_dir, PER_IMAGE_CSV), per_image)
+    if all("theta" in batch for batch in batches):  # synthetic faces: the true shape is known
+        predictions = shape_report.collect(predict, trained.params, batches)
+        report = shape_report.write(out_dir, trained.morphable_model, predictions)
+        summary["ratio_to_mean_shape"] = report["ratio_to_mean_shape"]
     with open(os.path.join(out_dir, SUMMARY_JSON), "w") as handle:
         json.dump(summary, handle, indent=2)
     return summary
