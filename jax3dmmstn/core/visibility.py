@@ -11,6 +11,11 @@ MATLAB ``normals(v1,:) = normals(v1,:) + w`` keeps only one face's contribution
 per vertex when an index repeats; here contributions are summed (a true
 scatter-add). ``jax3dmmstn.matconvnet.vl_nnvisibilitymask``
 reproduces the original's accumulation exactly.
+
+On the regular UV grid (:func:`is_regular_grid`) the same sum is computed without a
+scatter, from fixed neighbour offsets (:func:`vertex_normals` ``method="grid"``); any
+other mesh uses the scatter-add. Both use the one copy of the formulas
+(:func:`triangle_normals`, :func:`triangle_angles`) and agree to float rounding.
 """
 
 from __future__ import annotations
