@@ -54,8 +54,8 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.eval = ml_collections.ConfigDict(dict(aflw2000_root=""))
     config.model.landmarks = "aflw21"
-    config.total_steps = 12000
+    config.total_steps = 15000  # 166 images/s on 2 idle cores: ~50 min with evaluations
     config.max_train_seconds = 3300.0  # stop (and evaluate) after 55 minutes of training
-    config.eval_every = 2000
-    config.checkpoint_every = 2000
+    config.eval_every = 2500
+    config.checkpoint_every = 2500
     return config
