@@ -662,7 +662,7 @@ def test_initialize_distributed_modes(monkeypatch):
 
 
 # ------------------------------------------------------------------------ configs, head init
-@pytest.mark.parametrize("name", ["synthetic", "matconvnet", "imdb", "tfds_300wlp"])
+@pytest.mark.parametrize("name", ["synthetic", "aflw", "matconvnet", "imdb", "tfds_300wlp"])
 def test_configs_build_a_model_and_optimiser(name):
     from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
