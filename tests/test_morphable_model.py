@@ -272,3 +272,14 @@ def test_load_matconvnet_model_errors(tmp_path):
     v73.write_bytes(header.ljust(512, b" ") + b"\x89HDF\r\n\x1a\n" + bytes(64))
     with pytest.raises(ValueError, match="v73.mat: not a readable MATLAB v7.3"):
         load_matconvnet_model(v73)
+
+
+def test_fit_model_argument_takes_a_set_name_with_model_mat(tmp_path):
+    from jax3dmmstn.fitting import cli as fit_cli
+
+    path = tmp_path / "model.mat"
+    _write_model_mat(path, 112)
+    for name in ("aflw21", "ibug68"):  # a set of the model, not an .anl file
+        assert set(fit_cli.load_model(str(path), name).landmarks) == {"aflw21", "ibug68"}
+    with pytest.raises(FileNotFoundError, match="nothing.anl"):
+        fit_cli.load_model(str(path), str(tmp_path / "nothing.anl"))

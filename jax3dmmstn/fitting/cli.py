@@ -41,8 +41,9 @@ def load_model(spec: str, landmarks_path: str | None = None):
         model = synthetic_face_model()
     elif spec.endswith(".npz"):
         model = mm.MorphableModel.load(spec)
-    elif spec.endswith(".mat"):
-        return mm.load_matconvnet_model(spec, landmarks_path)
+    elif spec.endswith(".mat"):  # (a set name is not an .anl file: the model has its sets)
+        anl = landmarks_path if landmarks_path not in LANDMARK_SETS else None
+        return mm.load_matconvnet_model(spec, anl)
     else:
         raise ValueError(
             f"--model must be 'synthetic', a .npz model or the original's model.mat, got {spec!r}"
