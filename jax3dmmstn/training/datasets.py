@@ -246,8 +246,7 @@ def build_heldout(config, morphable_model, renderer: render.FaceRenderer | None 
         return _synthetic_heldout(config, morphable_model, renderer)
     eval_batch = int(d.get("eval_batch_size", 64))
     if d.kind == "aflw":
-        held_out = _aflw_split(d)[1]
-        return _batches_from_dataset(held_out, 0, eval_batch, lambda ex: _raw_keys(ex, _AFLW_KEYS))
+        return _aflw_heldout(d, _aflw_split(d)[1])
     if d.kind == "imdb":
         size = _image_size(d)
         held_out = loaders.load_imdb_mat(d.path, "val", on_error=d.on_error, expected_size=size)
