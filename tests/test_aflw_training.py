@@ -105,3 +105,21 @@ def test_flat_metrics_names_and_values():
     assert flat["aflw2000_pose_mae_deg"] == pytest.approx(2.0)
     assert flat["aflw2000_pose_mae_deg_yaw_0_30"] == pytest.approx(2.0)
     assert np.isnan(flat["aflw2000_pose_mae_deg_yaw_60_90"])
+
+
+def test_aflw_vgg16_variant_builds_on_the_crops():
+    import jax
+    import jax.numpy as jnp
+
+    from jax3dmmstn.facemodel.synthetic import synthetic_face_model
+
+    config = load_config("aflw")
+    config.model.localiser = "vgg16"  # the accelerator variant of the config's docstring
+    config.model.localiser_input_size = (224, 224)
+    model = training.build_model(config, synthetic_face_model(16))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 120, 120, 3)))
+    assert shapes["params"]["localiser"]["fc6"]["kernel"].shape == (7, 7, 512, 4096)
+    out = jax.eval_shape(
+        lambda p, x: model.apply(p, x), shapes, jnp.zeros((2, 120, 120, 3), jnp.float32)
+    )
+    assert out["landmarks"].shape == (2, 21, 2) and out["texture"].shape[0] == 2
