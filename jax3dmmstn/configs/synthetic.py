@@ -32,12 +32,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss = _loss()
     config.optim = _optim()
     config.batch_size = 16  # global, before mirroring (the model sees 2x)
-    config.total_steps = 2000
-    config.max_train_seconds = 1020.0  # safety net: stop (and evaluate) after 17 min of training
+    config.total_steps = 5000
+    config.max_train_seconds = 1140.0  # safety net: stop (and evaluate) after 19 min of training
     config.parallel = "auto"  # 'jit' (one device), 'pmap' or 'shard' (all devices), 'auto'
     config.log_every = 25
-    config.eval_every = 250
-    config.checkpoint_every = 500
+    config.eval_every = 500
+    config.checkpoint_every = 1000
     config.keep_checkpoints = 3
     config.snapshots = True
     config.progress_bar = True
@@ -99,7 +99,7 @@ def _model() -> ml_collections.ConfigDict:
             localiser_input_size=(64, 64),
             dtype="float32",
             scale_parametrisation="matconvnet",
-            landmarks="aflw21",
+            landmarks="ibug68",
             with_texture=True,
             vggface_path="",
             init_head_from_data=True,
@@ -115,7 +115,7 @@ def _loss() -> ml_collections.ConfigDict:
             reduction="mean",
             siamese_mirror_pairs=True,
             weights=ml_collections.ConfigDict(
-                dict(landmark=1.0, prior=0.1, siamese=1e-4, symmetry=1e-4)
+                dict(landmark=1.0, prior=0.1, siamese=1e-2, symmetry=1e-4)
             ),
         )
     )
