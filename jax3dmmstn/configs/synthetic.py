@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss = _loss()
     config.optim = _optim()
     config.batch_size = 16  # global, before mirroring (the model sees 2x)
-    config.total_steps = 5000
+    config.total_steps = 6000
     config.max_train_seconds = 1140.0  # safety net: stop (and evaluate) after 19 min of training
     config.parallel = "auto"  # 'jit' (one device), 'pmap' or 'shard' (all devices), 'auto'
     config.log_every = 25
@@ -103,7 +103,7 @@ def _model() -> ml_collections.ConfigDict:
             with_texture=True,
             vggface_path="",
             init_head_from_data=True,
-            localiser_kwargs=ml_collections.ConfigDict(),
+            localiser_kwargs=ml_collections.ConfigDict({"hidden": 512}),
         )
     )
 
@@ -115,7 +115,7 @@ def _loss() -> ml_collections.ConfigDict:
             reduction="mean",
             siamese_mirror_pairs=True,
             weights=ml_collections.ConfigDict(
-                dict(landmark=1.0, prior=0.1, siamese=1e-2, symmetry=1e-4)
+                dict(landmark=1.0, prior=0.1, siamese=1e-4, symmetry=1e-4)
             ),
         )
     )
