@@ -61,7 +61,7 @@ def test_load_trained_restores_the_runs_params_and_model(trained_run):
     expected = training.build_model(config, trained.morphable_model).apply(
         {"params": state.params}, images
     )
-    assert out["landmarks"].shape == (2, 21, 2)
+    assert out["landmarks"].shape == (2, 68, 2)  # the config's 'ibug68' set
     np.testing.assert_allclose(out["landmarks"], expected["landmarks"], rtol=1e-6, atol=1e-4)
 
 
@@ -102,4 +102,11 @@ def test_evaluate_checkpoint_reproduces_the_final_metrics(trained_run, tmp_path)
     # Another output folder.
     other = evaluation_run.evaluate_checkpoint(workdir, out_dir=str(tmp_path / "elsewhere"))
     assert other == summary
-    assert sorted(os.listdir(tmp_path / "elsewhere")) == ["per_image.csv", "summary.json"]
+    written = sorted(os.listdir(tmp_path / "elsewhere"))
+    assert written == ["per_image.csv", "shape_report.json", "shapes.png", "summary.json"]
+    with open(tmp_path / "elsewhere" / "shape_report.json") as handle:
+        report = json.load(handle)
+    assert report["shape_error"] == pytest.approx(summary["shape_error"], rel=1e-6)
+    assert report["ratio_to_mean_shape"] == pytest.approx(
+        summary["shape_error"] / summary["shape_error_mean_shape"], rel=1e-6
+    )

@@ -107,7 +107,7 @@ def test_predict_writes_the_networks_theta_landmarks_textures_and_meshes(run, tm
         true_ypr = np.asarray(pose.matrix_to_pose(expected["R"][i]))
         np.testing.assert_allclose(ypr, true_ypr, atol=1e-3)
         landmarks = np.array(entry["landmarks"])
-        assert landmarks.shape == (21, 2)
+        assert landmarks.shape == (68, 2)  # the synthetic config's 'ibug68' set
         np.testing.assert_allclose(landmarks, expected["landmarks"][i], rtol=1e-5, atol=1e-3)
         # s = exp(logs) puts the face inside the image (0.99 ** logs would make it ~5x larger).
         assert np.all((landmarks > 0) & (landmarks < IMAGE_SIZE))

@@ -284,6 +284,7 @@ _WORKER = textwrap.dedent('''
     config.data.image_size = (64, 64)
     config.model.localiser_input_size = (16, 16)
     config.model.localiser_kwargs = dict(widths=(4, 8), convs_per_stage=1, hidden=16)
+    config.model.landmarks = "aflw21"
     config.optim.optimizer = "sgd"
     config.optim.learning_rate = 2e-6
     config.optim.schedule = "constant"

@@ -6,7 +6,9 @@
 Departures from the original recipe, chosen so that it converges in minutes on 2 CPU cores
 (see the matconvnet config for the original):
 * localiser: a small CNN reading the image downsampled to 64 x 64 (the sampler still reads the
-  full 224 x 224 image, and theta is in full-image pixels);
+  full 224 x 224 image, and theta is in full-image pixels), 512 hidden units;
+* 68 grounded landmarks instead of the 21 AFLW ones: only the jaw contour's points constrain
+  face width and chin (with 21 the network learned no shape at all);
 * losses averaged (mean squared landmark distance in pixels^2, prior per image) instead of
   summed, optimised by Adam with warm-up and cosine decay instead of SGD at 1e-10;
 * siamese pairs are an image and its mirror, compared after flipping one texture along u;
@@ -16,7 +18,8 @@ Departures from the original recipe, chosen so that it converges in minutes on 2
   learning-rate multipliers (4, 8);
 * the data: 6144 rendered faces (cached), yaw +-35, pitch and roll +-15 degrees, faces 60-80%
   of the image height, cluttered backgrounds, random lighting and skin, no occluders.
-Measured: held-out NME 2.19 % after 2000 steps, 7.0 min on a 2-core CPU (README).
+Measured (README): after 6000 steps, 18.0 min on a 2-core CPU, held-out NME 1.57 %, pose
+error 1.44 degrees, 3D shape error 3.47 against 4.48 for the mean face (ratio 0.77).
 """
 
 import ml_collections
