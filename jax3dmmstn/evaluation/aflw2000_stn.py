@@ -160,7 +160,6 @@ def make_benchmark(config, model, morphable_model) -> Callable[[PyTree], dict] |
 def own_crops_test_set(aflw2000_root: str, size: int, margin: float, on_error: str = "fail"):
     """AFLW2000-3D cropped without 3DDFA's crops: a square around each image's ground-truth
     68 points plus ``margin`` (as the 300W-LP configs crop), resized to ``size``."""
-    from jax3dmmstn.data import preprocess as prep
 
     def crop(example):
         target = {
@@ -168,9 +167,9 @@ def own_crops_test_set(aflw2000_root: str, size: int, margin: float, on_error: s
             "landmarks": example["landmarks_ibug68"],
             "landmark_visible": np.ones(68, np.float32),
         }
-        box = prep.square_box(prep.landmark_box(target), margin)
+        box = preprocess.square_box(preprocess.landmark_box(target), margin)
         out = _without_image(example)
-        out["crop"] = prep.crop_to_box(target, box, size)["image"]
+        out["crop"] = preprocess.crop_to_box(target, box, size)["image"]
         out["box"] = box
         return out
 
