@@ -161,6 +161,26 @@ def test_bad_inputs_raise_clear_errors(face_model):
         )
 
 
+def test_space_to_depth_puts_each_block_into_channels():
+    x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
+    y = localisers.space_to_depth(x, 2)
+    assert y.shape == (2, 2, 3, 12)
+    # Output pixel (i, j) holds input pixels (2i + di, 2j + dj) in the order (di, dj, channel).
+    for i, j, di, dj, c in [(0, 0, 0, 0, 0), (1, 2, 1, 0, 2), (0, 1, 1, 1, 1), (1, 0, 0, 1, 0)]:
+        assert y[1, i, j, (di * 2 + dj) * 3 + c] == x[1, 2 * i + di, 2 * j + dj, c]
+    with pytest.raises(ValueError, match="not divisible by 2"):
+        localisers.space_to_depth(jnp.zeros((1, 5, 4, 3)), 2)
+
+
+def test_small_cnn_with_space_to_depth_reads_the_larger_image_at_the_same_map_size():
+    plain = localisers.SmallCNN(widths=(4, 8), convs_per_stage=1, hidden=16)
+    folded = localisers.SmallCNN(widths=(4, 8), convs_per_stage=1, hidden=16, space_to_depth=2)
+    p_plain = jax.eval_shape(plain.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    p_folded = jax.eval_shape(folded.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    assert p_folded["conv1_1"]["kernel"].shape == (3, 3, 12, 4)
+    assert p_folded["fc"]["kernel"].shape == p_plain["fc"]["kernel"].shape == (8 * 8 * 8, 16)
+
+
 def test_vgg16_has_the_vgg_face_layout():
     vgg = localisers.VGG16()
     shapes = jax.eval_shape(vgg.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))["params"]
