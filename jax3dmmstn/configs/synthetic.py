@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss = _loss()
     config.optim = _optim()
     config.batch_size = 16  # global, before mirroring (the model sees 2x)
-    config.total_steps = 5800
+    config.total_steps = 6000
     config.max_train_seconds = 1140.0  # safety net: stop (and evaluate) after 19 min of training
     config.parallel = "auto"  # 'jit' (one device), 'pmap' or 'shard' (all devices), 'auto'
     config.log_every = 25
@@ -131,7 +131,7 @@ def _optim() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(
             optimizer="adam",
-            learning_rate=1e-3,
+            learning_rate=2e-3,
             schedule="warmup_cosine",
             warmup_steps=100,
             final_lr_fraction=0.02,
