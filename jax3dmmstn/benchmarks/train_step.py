@@ -7,7 +7,8 @@
 What is timed: one jitted training step of ``jax3dmmstn.training.make_train_step`` (forward,
 losses, backward, optimiser update; the configs' loss and optimiser) on a batch of
 ``--batch`` 224 x 224 images, the 112 x 112 synthetic face model's geometry, sampler and
-visibility included. ``small_cnn`` is the synthetic config's localiser (64 x 64 input);
+visibility included, the config's landmark set. ``small_cnn`` is the synthetic config's
+localiser (128 x 128 input folded to 64 x 64 x 12);
 ``vgg16`` is the VGG-Face network of the matconvnet config (224 x 224 input). Each figure is
 the median step time after one compile-and-warm-up step. FLOPs are XLA's own count for the
 compiled step (cost_analysis); the fraction of peak uses the device's dense peak for the
@@ -74,11 +75,13 @@ def _jax_step(localiser: str, batch: int, dtype: str):
     tx = training.make_optimizer(config.optim, 1000)
     state = jax.device_put(training.create_train_state(params, tx, seed=0))
     rng = np.random.default_rng(0)
-    landmarks = face_model.mean[face_model.landmarks["aflw21"], :2] * 0.7 + 112.0
+    landmark_index = np.asarray(face_model.landmarks[config.model.landmarks])  # the config's set
+    landmarks = face_model.mean[landmark_index, :2] * 0.7 + 112.0
+    n_landmarks = len(landmark_index)
     data = dict(
         image=jnp.asarray(rng.integers(0, 255, (batch, 224, 224, 3), dtype=np.uint8)),
-        landmarks=jnp.asarray(np.broadcast_to(landmarks, (batch, 21, 2)), jnp.float32),
-        landmark_visible=jnp.ones((batch, 21), jnp.float32),
+        landmarks=jnp.asarray(np.broadcast_to(landmarks, (batch, n_landmarks, 2)), jnp.float32),
+        landmark_visible=jnp.ones((batch, n_landmarks), jnp.float32),
     )
     step = jax.jit(training.make_train_step(model.apply, tx, config.loss), donate_argnums=0)
     compiled = step.lower(state, data).compile()
@@ -90,13 +93,14 @@ def _jax_step(localiser: str, batch: int, dtype: str):
 
     info = dict(
         face_model=face_model,
+        landmark_index=landmark_index,
         data=data,
         n_params=int(sum(np.size(x) for x in jax.tree.leaves(params))),
     )
     return run, compiled, info
 
 
-def _torch_step(torch, localiser: str, face_model, data):
+def _torch_step(torch, localiser: str, face_model, landmark_index, data):
     """The port's network + chain + SGD step on the same data: a runner."""
     from jax3dmmstn.benchmarks import torch_reference
 
@@ -113,7 +117,7 @@ def _torch_step(torch, localiser: str, face_model, data):
         face_model.mean,
         face_model.basis,
         face_model.faces,
-        face_model.landmarks["aflw21"],
+        landmark_index,
         (224, 224),
     )
     step = torch_reference.make_train_step(torch, network, chain)
@@ -144,7 +148,9 @@ def bench(
     first = time.perf_counter() - start
     fns = {"jax": run}
     if torch is not None:
-        torch_run = _torch_step(torch, localiser, info["face_model"], info["data"])
+        torch_run = _torch_step(
+            torch, localiser, info["face_model"], info["landmark_index"], info["data"]
+        )
         variants = timing.torch_thread_variants(torch, torch_run)
         if torch_threads != "both":
             variants = {k: v for k, v in variants.items() if k.endswith(f"_{torch_threads}")}
