@@ -179,6 +179,8 @@ def test_small_cnn_with_space_to_depth_reads_the_larger_image_at_the_same_map_si
     p_folded = jax.eval_shape(folded.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))["params"]
     assert p_folded["conv1_1"]["kernel"].shape == (3, 3, 12, 4)
     assert p_folded["fc"]["kernel"].shape == p_plain["fc"]["kernel"].shape == (8 * 8 * 8, 16)
+    with pytest.raises(ValueError, match=r"map \(input \(4, 4\) after space_to_depth=2\) is too small"):
+        jax.eval_shape(folded.init, jax.random.key(0), jnp.zeros((1, 4, 4, 3)))
 
 
 def test_vgg16_has_the_vgg_face_layout():

@@ -466,6 +466,7 @@ _TRAIN_FLAGS = (
     "--config.data.eval_batch_size=4",
     "--config.data.prefetch=0",
     "--config.model.localiser_input_size=(16,16)",
+    "--config.model.localiser_kwargs={'widths': (4, 8), 'convs_per_stage': 1, 'hidden': 16}",
     "--config.batch_size=4",
     f"--config.total_steps={_TRAIN_STEPS}",
     "--config.checkpoint_every=1",

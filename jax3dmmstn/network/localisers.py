@@ -45,8 +45,16 @@ class SmallCNN(nn.Module):
         if self.norm not in ("group", "none"):
             raise ValueError(f"SmallCNN norm must be 'group' or 'none', got {self.norm!r}")
         x = (x.astype(jnp.float32) / 127.5 - 1.0).astype(self.dtype)
+        input_size = tuple(x.shape[1:3])
         if self.space_to_depth > 1:
             x = space_to_depth(x, self.space_to_depth)
+        smallest = 2 ** len(self.widths)  # each stage halves the map
+        if min(x.shape[1:3]) < smallest:
+            raise ValueError(
+                f"SmallCNN: the {x.shape[1]} x {x.shape[2]} map (input {input_size} "
+                f"after space_to_depth={self.space_to_depth}) is too small for "
+                f"{len(self.widths)} pooling stages; it needs at least {smallest} x {smallest}"
+            )
         for stage, width in enumerate(self.widths):
             for i in range(self.convs_per_stage):
                 name = f"conv{stage + 1}_{i + 1}"
