@@ -31,31 +31,32 @@ from jax3dmmstn.evaluation import metrics
 from jax3dmmstn.training.checkpoint import load_trained
 
 
-def features(trained, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """images [B, H, W, 3] -> (theta [B, P], map [B, M], hidden [B, F]) of the trained model."""
-    captured = {}
-
-    def capture_fc_input(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if context.module.name == "fc" and context.method_name == "__call__":
-            captured["map"], captured["hidden"] = args[0], nn.relu(out)
-        return out
+def make_features(trained):
+    """-> jitted images [B, H, W, 3] -> (theta [B, P], map [B, M], hidden [B, F]), compiled once."""
 
     def run(params, x):
+        captured = {}
+
+        def capture_fc_input(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if context.module.name == "fc" and context.method_name == "__call__":
+                captured["map"], captured["hidden"] = args[0], nn.relu(out)
+            return out
+
         with nn.intercept_methods(capture_fc_input):
             out = trained.model.apply({"params": params}, x)
         return out["theta"], captured["map"], captured["hidden"]
 
-    theta, flat, hidden = jax.jit(run)(trained.params, jnp.asarray(images, jnp.float32))
-    return np.asarray(theta), np.asarray(flat), np.asarray(hidden)
+    jitted = jax.jit(run)
+    return lambda images: jitted(trained.params, jnp.asarray(images, jnp.float32))
 
 
-def collect(trained, faces: SyntheticFaces, count: int, batch: int = 128):
+def collect(features, faces: SyntheticFaces, count: int, batch: int = 128):
     """-> (theta, map, hidden, true alpha) over the first ``count`` faces."""
     parts = []
     for start in range(0, count, batch):
         data = faces.load_batch(np.arange(start, min(count, start + batch)))
-        parts.append((*features(trained, data["image"]), theta_lib.shape_weights(data["theta"])))
+        parts.append((*features(data["image"]), theta_lib.shape_weights(data["theta"])))
     return [np.concatenate([np.asarray(p[i]) for p in parts]) for i in range(4)]
 
 
@@ -82,8 +83,9 @@ def main() -> None:
     heldout = SyntheticFaces(
         model, render_config, seed=seed, stream="heldout", num_examples=int(config.data.eval_size)
     )
-    _, map_train, hidden_train, alpha_train = collect(trained, train_faces, args.train_images)
-    theta, map_test, hidden_test, alpha_test = collect(trained, heldout, len(heldout))
+    features = make_features(trained)
+    _, map_train, hidden_train, alpha_train = collect(features, train_faces, args.train_images)
+    theta, map_test, hidden_test, alpha_test = collect(features, heldout, len(heldout))
 
     def shape(alpha):
         return np.asarray(geometry.morphable_shape(model.mean, model.basis, alpha))
