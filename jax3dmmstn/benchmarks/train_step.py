@@ -32,6 +32,7 @@ from jax3dmmstn import training
 from jax3dmmstn.benchmarks import timing
 from jax3dmmstn import configs as config_files
 from jax3dmmstn.facemodel.synthetic import synthetic_face_model
+from jax3dmmstn.training.xla_options import compiler_options
 
 # Dense peak TFLOP/s by device kind: (float32 without tensor cores, bfloat16 tensor cores).
 PEAK_TFLOPS = {
@@ -83,7 +84,11 @@ def _jax_step(localiser: str, batch: int, dtype: str):
         landmarks=jnp.asarray(np.broadcast_to(landmarks, (batch, n_landmarks, 2)), jnp.float32),
         landmark_visible=jnp.ones((batch, n_landmarks), jnp.float32),
     )
-    step = jax.jit(training.make_train_step(model.apply, tx, config.loss), donate_argnums=0)
+    step = jax.jit(
+        training.make_train_step(model.apply, tx, config.loss),
+        donate_argnums=0,
+        compiler_options=compiler_options(),  # what training uses (training/parallel.py)
+    )
     compiled = step.lower(state, data).compile()
     holder = {"state": state}
 

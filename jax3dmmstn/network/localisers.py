@@ -12,6 +12,9 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jax3dmmstn.network.layers import Conv, WholeMapConv
+from jax3dmmstn.network.pooling import max_pool_2x2
+
 Array = Any
 
 
@@ -58,7 +61,7 @@ class SmallCNN(nn.Module):
         for stage, width in enumerate(self.widths):
             for i in range(self.convs_per_stage):
                 name = f"conv{stage + 1}_{i + 1}"
-                x = nn.Conv(
+                x = Conv(
                     width,
                     (3, 3),
                     padding="SAME",
@@ -73,7 +76,7 @@ class SmallCNN(nn.Module):
                         num_groups=min(8, width), dtype=self.dtype, name=f"{name}_norm"
                     )(x)
                 x = nn.relu(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool_2x2(x)
         x = x.reshape(x.shape[0], -1)
         x = nn.Dense(
             self.hidden, dtype=self.dtype, kernel_init=nn.initializers.he_normal(), name="fc"
@@ -122,7 +125,7 @@ class VGG16(nn.Module):
         x = (x - jnp.asarray(self.input_mean, x.dtype)).astype(self.dtype)
         for names, width in VGG16_BLOCKS:
             for name in names:
-                x = nn.Conv(
+                x = Conv(
                     max(1, width // self.width_divisor),
                     (3, 3),
                     padding=((1, 1), (1, 1)),
@@ -130,10 +133,10 @@ class VGG16(nn.Module):
                     name=name,
                 )(x)
                 x = nn.relu(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = nn.Conv(self.fc_width, x.shape[1:3], padding="VALID", dtype=self.dtype, name="fc6")(x)
+            x = max_pool_2x2(x)
+        x = WholeMapConv(self.fc_width, dtype=self.dtype, name="fc6")(x)
         x = nn.relu(x)
-        x = nn.Conv(self.fc_width, (1, 1), padding="VALID", dtype=self.dtype, name="fc7")(x)
+        x = WholeMapConv(self.fc_width, dtype=self.dtype, name="fc7")(x)
         x = nn.relu(x)
         return x.reshape(x.shape[0], -1)
 

@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jax3dmmstn.data import batching
+from jax3dmmstn.training.xla_options import compiler_options
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def _shard_step(step_fn: Callable, mesh: Mesh) -> Callable:
         out_specs=(P(), P()),
         check_vma=False,
     )
-    compiled = jax.jit(sharded, donate_argnums=(0,))
+    compiled = jax.jit(sharded, donate_argnums=(0,), compiler_options=compiler_options())
 
     def step(state, local_batch):
         # Each process passes its own rows [B_local, ...]; they become one global batch.
@@ -147,7 +148,9 @@ def distribute(step_fn: Callable, state, mode: str) -> DistributedStep:
     """Compile ``step_fn`` (made with ``axis_name=AXIS_NAME`` when ``uses_axis(mode)``) and
     place ``state``.
 
-    The state is donated: the step updates it in place on the devices.
+    The state is donated: the step updates it in place on the devices. 'jit' and 'shard'
+    compile with :func:`~jax3dmmstn.training.xla_options.compiler_options` (on CPU, XLA's own
+    convolutions instead of YNNPACK's); ``jax.pmap`` takes no compiler options.
     """
     if mode == "pmap":
         compiled = jax.pmap(step_fn, axis_name=AXIS_NAME, donate_argnums=(0,))
@@ -157,7 +160,7 @@ def distribute(step_fn: Callable, state, mode: str) -> DistributedStep:
         return DistributedStep(
             _shard_step(step_fn, mesh), place_replicated(state, mesh), replicated_to_host
         )
-    compiled = jax.jit(step_fn, donate_argnums=(0,))
+    compiled = jax.jit(step_fn, donate_argnums=(0,), compiler_options=compiler_options())
     return DistributedStep(compiled, jax.device_put(state), jax.device_get)
 
 

@@ -115,9 +115,36 @@ def compute_losses(
 # --------------------------------------------------------------------------------------------
 # The step and its NaN guard.
 # --------------------------------------------------------------------------------------------
-def _all_finite(tree: PyTree) -> Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+# Arrays at least this large, with a size divisible by _GRAM_WIDTH, take the Gram route.
+_GRAM_WIDTH = 16
+_GRAM_MIN_SIZE = 1 << 16
+
+
+def _squares(x: Array) -> Array:
+    """Sum of the squares of ``x``'s entries (float32 scalar).
+
+    Large arrays as the trace of the 16 x 16 Gram matrix of their [n / 16, 16] view: a matrix
+    product reads the array once at memory speed, where XLA's CPU reduction of the squares
+    (also ``jnp.vdot``, which it rewrites into one) is about three times slower; for
+    VGG-16's fc6 kernel (103 M entries) 37 ms against 115 ms.
+    """
+    x = jnp.ravel(x).astype(jnp.float32)
+    if x.size >= _GRAM_MIN_SIZE and x.size % _GRAM_WIDTH == 0:
+        rows = x.reshape(-1, _GRAM_WIDTH)
+        return jnp.trace(rows.T @ rows)
+    return jnp.vdot(x, x)
+
+
+def _sum_of_squares(tree: PyTree) -> Array:
+    """Sum of the squares of every entry of ``tree`` (float32 scalar).
+
+    It is finite exactly when every entry is finite, unless it overflows (an entry beyond
+    ~1e19), which a training step treats as a failure too. So one pass over an array gives
+    both a norm and a finiteness check (``optax.tree.norm`` and ``jnp.isfinite`` cost a pass,
+    a temporary and a slow reduction each on CPU; with VGG-16's 138 M parameters they were a
+    tenth of the step).
+    """
+    return sum((_squares(x) for x in jax.tree.leaves(tree)), jnp.zeros((), jnp.float32))
 
 
 def make_train_step(
@@ -143,19 +170,26 @@ def make_train_step(
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         term_finite = {name: jnp.isfinite(value) for name, value in terms.items()}
-        grad_finite = _all_finite(grads)
-        update_finite = _all_finite(new_params)
+        grad_squares = _sum_of_squares(grads)
+        grad_finite = jnp.isfinite(grad_squares)
+        update_finite = jnp.isfinite(_sum_of_squares(new_params))
         finite = jnp.all(jnp.stack(list(term_finite.values()))) & grad_finite & update_finite
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        kept_params, kept_opt_state = jax.lax.cond(
+            finite,
+            lambda new, old: new,
+            lambda new, old: old,
+            (new_params, new_opt_state),
+            (state.params, state.opt_state),
+        )
         new_state = TrainState(
             step=state.step + 1,
-            params=keep(new_params, state.params),
-            opt_state=keep(new_opt_state, state.opt_state),
+            params=kept_params,
+            opt_state=kept_opt_state,
             rng=jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0]),
             data_position=state.data_position + 1,
         )
         metrics = dict(terms)
-        metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["grad_norm"] = jnp.sqrt(grad_squares)
         metrics["finite"] = finite
         metrics["finite_terms"] = term_finite
         metrics["finite_grad"] = grad_finite
