@@ -4,8 +4,9 @@ and the loop behind ``train.py`` (:func:`train_and_evaluate`).
 Modules, in the order a run uses them: ``builders`` (morphable model, STN, initial params),
 ``datasets`` (training source and held-out batches from ``config.data``), ``optim``,
 ``state``, ``step`` (loss composition, NaN guard), ``parallel`` (jit / pmap, multi-host
-set-up; ``xla_options``: the compiler options its jit uses), ``checkpoint`` (Orbax; :func:`load_trained` for a trained model), ``metrics``
-(metrics.jsonl), ``loop``. The names below are re-exported for ``training.NAME`` callers.
+set-up), ``xla_options`` (the compiler options of the jitted step), ``checkpoint`` (Orbax;
+:func:`load_trained` for a trained model), ``metrics`` (metrics.jsonl), ``loop``. The names
+below are re-exported for ``training.NAME`` callers.
 """
 
 from jax3dmmstn.training.builders import (
