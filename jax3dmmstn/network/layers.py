@@ -33,10 +33,11 @@ def _bias_add_fwd(y, bias):
 
 
 def _bias_add_bwd(bias, g):
-    # The sum over all leading axes as ones @ g [N, C]: a product, not a reduction.
+    # The sum over all leading axes as ones @ g [N, C]: a product, not a reduction. HIGHEST:
+    # a sum must not round its terms (accelerators' default f32 products may use TF32 / bf16).
     rows = g.reshape(-1, g.shape[-1])
     ones = jnp.ones((1, rows.shape[0]), rows.dtype)
-    d_bias = (ones @ rows)[0].astype(bias.dtype)
+    d_bias = jnp.matmul(ones, rows, precision=jax.lax.Precision.HIGHEST)[0].astype(bias.dtype)
     return g, d_bias
 
 

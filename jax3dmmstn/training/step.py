@@ -131,7 +131,8 @@ def _squares(x: Array) -> Array:
     x = jnp.ravel(x).astype(jnp.float32)
     if x.size >= _GRAM_MIN_SIZE and x.size % _GRAM_WIDTH == 0:
         rows = x.reshape(-1, _GRAM_WIDTH)
-        return jnp.trace(rows.T @ rows)
+        # HIGHEST: accelerators' default f32 products may round the entries (TF32 / bf16).
+        return jnp.trace(jnp.matmul(rows.T, rows, precision=jax.lax.Precision.HIGHEST))
     return jnp.vdot(x, x)
 
 
@@ -174,6 +175,8 @@ def make_train_step(
         grad_finite = jnp.isfinite(grad_squares)
         update_finite = jnp.isfinite(_sum_of_squares(new_params))
         finite = jnp.all(jnp.stack(list(term_finite.values()))) & grad_finite & update_finite
+        # A cond returns one branch's buffers; a where would read and write every parameter
+        # and optimiser slot once more (two passes over VGG-16's 138 M parameters).
         kept_params, kept_opt_state = jax.lax.cond(
             finite,
             lambda new, old: new,
