@@ -20,8 +20,8 @@ degrees), ``aflw2000_nme68`` (3DDFA's AFLW2000-3D protocol, from the model's 68 
 vertices) and ``aflw2000_nme21`` (3DDFA's AFLW protocol on the visible points), both in %,
 each also per yaw bin. The model is never tuned on these numbers.
 
-Measured (README): 50.4 min on 2 idle CPU cores with the original's model.mat; AFLW2000-3D
-pose MAE 5.97 degrees (yaw 5.47, pitch 8.36, roll 4.08), NME-68 5.97 %, NME-21 5.31 %.
+Measured (README): 51.2 min on 2 idle CPU cores with the original's model.mat; AFLW2000-3D
+pose MAE 5.74 degrees (yaw 5.43, pitch 7.76, roll 4.04), NME-68 6.01 %, NME-21 5.34 %.
 
 The recipe is the synthetic config's (small CNN on a 64 x 64 copy, Adam, mean-reduced
 losses, head initialised from the data) with a time budget of 60 minutes on 2 CPU cores;
