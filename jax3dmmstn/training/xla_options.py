@@ -6,8 +6,8 @@ is the whole activation map) is 2 to 4 times slower. Turning the YNNPACK fusions
 computation (``xla_cpu_experimental_ynn_fusion_type`` = '') keeps XLA's convolutions for all
 three passes. Measured on the 2-core CPU, B = 8, forward + backward of one 3 x 3 convolution
 (with ReLU): 112 x 112, 128 -> 128 channels 593 ms with YNNPACK, 287 ms without, torch 309 ms;
-VGG-16's thirteen convolutions 3639 ms -> 1734 ms (torch 1815 ms). Values are unchanged
-up to float rounding (both compute the same sums in another order).
+the nine distinct convolution shapes of VGG-16, one of each, 3639 ms -> 1734 ms (torch
+1815 ms). Values are unchanged up to float rounding (the same sums in another order).
 
 ``compiler_options()`` returns these options for the default backend, or ``{}`` where they
 do not apply (GPU, TPU) or where the installed jaxlib does not know the option.
