@@ -121,14 +121,23 @@ def make_chain(torch, mean, basis, faces, landmark_index, image_size, accumulate
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
 
-def make_network(torch, localiser: str, n_theta: int, input_size: int = 224):
+def make_network(
+    torch,
+    localiser: str,
+    n_theta: int,
+    input_size: int = 224,
+    localiser_input_size: int = 64,
+    space_to_depth: int = 1,
+    hidden: int = 256,
+):
     """The port's localiser + theta head as a ``torch.nn.Module``: image NCHW -> theta.
 
     ``vgg16``: the port's ``vgg_dag_face`` (conv3x3 + ReLU blocks, 2x2 max pools, fc6 as a
     7 x 7 convolution, fc7 as 1 x 1, each + ReLU) and its fc8 as a 1 x 1 convolution to
-    theta. ``small_cnn``: the synthetic config's small CNN (four stages of two conv3x3 +
-    group norm + ReLU and a max pool, a 256-wide dense layer), input resized to 64 x 64 as
-    our model does, then a dense theta head.
+    theta. ``small_cnn``: our ``SmallCNN`` (four stages of two conv3x3 + group norm + ReLU
+    and a max pool, a ``hidden``-wide dense layer) on the image resized to
+    ``localiser_input_size`` and folded ``space_to_depth`` x ``space_to_depth`` into
+    channels as our model does (the synthetic config: 128, 2, 512), then a dense theta head.
     """
     nn = torch.nn
     if localiser == "vgg16":
@@ -149,7 +158,11 @@ def make_network(torch, localiser: str, n_theta: int, input_size: int = 224):
         ]
         return nn.Sequential(*layers)
     if localiser == "small_cnn":
-        layers, channels = [nn.Upsample(size=(64, 64), mode="bilinear")], 3
+        layers = [nn.Upsample(size=(localiser_input_size,) * 2, mode="bilinear")]
+        channels = 3
+        if space_to_depth > 1:
+            layers.append(nn.PixelUnshuffle(space_to_depth))
+            channels *= space_to_depth**2
         for width in (16, 32, 64, 128):
             for _ in range(2):
                 layers += [
@@ -159,7 +172,13 @@ def make_network(torch, localiser: str, n_theta: int, input_size: int = 224):
                 ]
                 channels = width
             layers.append(nn.MaxPool2d(2, 2))
-        layers += [nn.Flatten(), nn.Linear(128 * 4 * 4, 256), nn.ReLU(), nn.Linear(256, n_theta)]
+        side = localiser_input_size // space_to_depth // 16  # four 2 x 2 pools
+        layers += [
+            nn.Flatten(),
+            nn.Linear(128 * side * side, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, n_theta),
+        ]
         return nn.Sequential(*layers)
     raise ValueError(f"unknown localiser {localiser!r}")
 

@@ -97,6 +97,7 @@ def _jax_step(localiser: str, batch: int, dtype: str):
         return jax.block_until_ready(metrics)
 
     info = dict(
+        config=config,
         face_model=face_model,
         landmark_index=landmark_index,
         data=data,
@@ -105,13 +106,22 @@ def _jax_step(localiser: str, batch: int, dtype: str):
     return run, compiled, info
 
 
-def _torch_step(torch, localiser: str, face_model, landmark_index, data):
-    """The port's network + chain + SGD step on the same data: a runner."""
+def _torch_step(torch, localiser: str, face_model, landmark_index, data, config):
+    """The port's network + chain + SGD step on the same data: a runner. The small CNN takes
+    the config's input size, folding and width, like the JAX side."""
     from jax3dmmstn.benchmarks import torch_reference
 
     n_theta = 6 + face_model.basis.shape[-1]
     torch.manual_seed(0)
-    network = torch_reference.make_network(torch, localiser, n_theta)
+    options = {}
+    if localiser == "small_cnn":
+        kwargs = config.model.get("localiser_kwargs", {}) or {}
+        options = dict(
+            localiser_input_size=int((config.model.get("localiser_input_size") or (224,))[0]),
+            space_to_depth=int(kwargs.get("space_to_depth", 1)),
+            hidden=int(kwargs.get("hidden", 256)),
+        )
+    network = torch_reference.make_network(torch, localiser, n_theta, **options)
     head = [m for m in network.modules() if getattr(m, "bias", None) is not None][-1]
     with torch.no_grad():  # the configs' head: tiny weights, theta near (0, 112, 112, 0, ...)
         head.weight.mul_(1e-3)
@@ -154,7 +164,7 @@ def bench(
     fns = {"jax": run}
     if torch is not None:
         torch_run = _torch_step(
-            torch, localiser, info["face_model"], info["landmark_index"], info["data"]
+            torch, localiser, info["face_model"], info["landmark_index"], info["data"], info["config"]
         )
         variants = timing.torch_thread_variants(torch, torch_run)
         if torch_threads != "both":
