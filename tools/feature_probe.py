@@ -27,7 +27,7 @@ from jax3dmmstn import training
 from jax3dmmstn.core import geometry
 from jax3dmmstn.core import theta as theta_lib
 from jax3dmmstn.data import SyntheticFaces
-from jax3dmmstn.evaluation import metrics
+from jax3dmmstn.evaluation import metrics, shape_report
 from jax3dmmstn.training.checkpoint import load_trained
 
 
@@ -94,7 +94,7 @@ def main() -> None:
 
     def report(name, alpha):
         error = metrics.shape_error(shape(alpha), truth).mean()
-        corr = [np.corrcoef(alpha[:, k], alpha_test[:, k])[0, 1] for k in range(alpha.shape[1])]
+        corr = shape_report.alpha_correlation(alpha, alpha_test)
         print(f"{name:<22} shape error {error:.3f}  correlation {np.round(corr, 2).tolist()}")
 
     mean_error = metrics.shape_error(shape(np.zeros_like(alpha_test)), truth).mean()
