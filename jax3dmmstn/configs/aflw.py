@@ -57,15 +57,11 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.eval = ml_collections.ConfigDict(dict(aflw2000_root=""))
     config.model.landmarks = "aflw21"
-    # The measured run's localiser input and learning rate (the synthetic config has since moved
-    # to a folded 128 x 128 input and lr 2e-3, not measured on AFLW).
-    config.model.localiser_input_size = (64, 64)
-    config.optim.learning_rate = 1e-3
-    config.model.localiser_kwargs = ml_collections.ConfigDict()  # SmallCNN's defaults (hidden 256)
-    # The original's texture weights (the synthetic recipe raises the siamese one).
-    config.loss.weights = ml_collections.ConfigDict(
-        {"landmark": 1.0, "prior": 0.1, "siamese": 1e-4, "symmetry": 1e-4}
-    )
+    # The jaw line is not among the 21 points: it follows from the inner face through the model
+    # and its prior. Chosen on training crops only (tools/prior_cv.py): fitting the inner points
+    # predicts the held-out ear lobes and chin best at a fitter weight of about 10, i.e. 0.6
+    # here (the landmark loss is divided by the ~16 visible points, the prior by the batch).
+    config.loss.weights.prior = 0.6
     # 182 images/s on 2 idle cores (the CPU step's speed-up; 166 before, when 15,000 steps took
     # 50.4 min): the steps that fit the hour with evaluations.
     config.total_steps = 17500
