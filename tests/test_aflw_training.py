@@ -113,9 +113,8 @@ def test_aflw_vgg16_variant_builds_on_the_crops():
 
     from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 
-    config = load_config("aflw")
-    config.model.localiser = "vgg16"  # the accelerator variant of the config's docstring
-    config.model.localiser_input_size = (224, 224)
+    config = load_config("aflw_vgg16")  # the accelerator variant
+    assert config.data.kind == "aflw" and config.model.landmarks == "aflw21"
     model = training.build_model(config, synthetic_face_model(16))
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 120, 120, 3)))
     assert shapes["params"]["localiser"]["fc6"]["kernel"].shape == (7, 7, 512, 4096)
