@@ -41,8 +41,7 @@ def held_out_nme(model, landmarks, fit_visible, held_out, box, prior_weight: flo
     )
     projected = geometry.project_theta(result.theta, model.mean, model.basis).points2d
     points = np.asarray(projected)[:, model.landmarks["aflw21"]]
-    error = np.linalg.norm(points - landmarks, axis=-1)
-    return (error * held_out).sum(axis=1) / held_out.sum(axis=1) / box
+    return metrics.mean_visible_error(points, landmarks, held_out) / box
 
 
 def main() -> None:
