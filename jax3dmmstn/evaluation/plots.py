@@ -12,7 +12,7 @@ import numpy as np
 from jax3dmmstn.core import geometry
 
 
-def _pyplot():
+def pyplot():
     """matplotlib.pyplot, headless by default.
 
     Imported here, not at the top: the backend must be chosen before pyplot is first
@@ -46,7 +46,7 @@ def save_landmark_snapshot(
 
     images [B, H, W, C] (0..255 or 0..1), landmarks [B, L, 2] in the image frame.
     """
-    plt = _pyplot()
+    plt = pyplot()
     images = np.asarray(images)
     n = min(max_images, images.shape[0])
     size = images.shape[1:3]
@@ -75,7 +75,7 @@ def save_landmark_snapshot(
         ax.set_axis_off()
     axes[0, 0].legend(loc="lower left", fontsize=6, framealpha=0.6)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_texture_snapshot(
@@ -89,7 +89,7 @@ def save_texture_snapshot(
 
     texture, masked_texture [B, res, res, C]; mask [B, res, res, 1 or C].
     """
-    plt = _pyplot()
+    plt = pyplot()
     n = min(max_images, np.shape(texture)[0])
     fig, axes = plt.subplots(3, n, figsize=(1.8 * n, 5.6), squeeze=False)
     for i in range(n):
@@ -101,7 +101,7 @@ def save_texture_snapshot(
     for row, name in enumerate(("UV texture", "visibility mask", "masked texture")):
         axes[row, 0].set_title(name, fontsize=7, loc="left")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # Third panel of the curves: (metric, label, colour) groups, the first group a run has.
@@ -146,7 +146,7 @@ def save_curves(path: str, rows: Iterable[Mapping], title: str = "") -> str:
 
     Rows have 'split' ('train' or 'eval'), 'step', and 'loss/total' or 'nme'.
     """
-    plt = _pyplot()
+    plt = pyplot()
     rows = list(rows)
     train = _series(rows, "train", "loss/total")
     evals = _series(rows, "eval", "nme", 100.0)
@@ -182,7 +182,7 @@ def save_curves(path: str, rows: Iterable[Mapping], title: str = "") -> str:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _annotate_last(ax, steps, values, unit: str) -> None:
@@ -195,8 +195,9 @@ def _annotate_last(ax, steps, values, unit: str) -> None:
     )
 
 
-def _save(fig, path: str) -> str:
-    plt = _pyplot()
+def save_figure(fig, path: str) -> str:
+    """Writes ``fig`` as a PNG at ``path`` (atomically) and closes it; returns ``path``."""
+    plt = pyplot()
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = path + ".tmp.png"

@@ -140,7 +140,7 @@ def save_shape_figure(path: str, morphable_model, predictions: ShapePredictions,
     face (one scale per face)."""
     from jax3dmmstn.evaluation import plots
 
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     res = int(morphable_model.resolution)
     count = min(count, len(predictions.true_alpha))
     true = _shapes(morphable_model, predictions.true_alpha[:count]) - morphable_model.mean
@@ -172,7 +172,7 @@ def save_shape_figure(path: str, morphable_model, predictions: ShapePredictions,
         fontsize=8,
     )
     fig.tight_layout()
-    return plots._save(fig, path)
+    return plots.save_figure(fig, path)
 
 
 def write(out_dir: str, morphable_model, predictions: ShapePredictions) -> dict:
