@@ -15,6 +15,7 @@ Not measured here (no accelerator was at hand; on the 2-core CPU a VGG-16 step t
 import ml_collections
 
 from jax3dmmstn.configs import load_config
+from jax3dmmstn.network.vggface import VGG_FACE_INPUT_MEAN
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -23,9 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.localiser = "vgg16"
     config.model.localiser_input_size = (224, 224)
     # VGG-Face's average image, subtracted from the input as in the original.
-    config.model.localiser_kwargs = ml_collections.ConfigDict(
-        dict(input_mean=(129.1863, 104.7624, 93.5940))
-    )
+    config.model.localiser_kwargs = ml_collections.ConfigDict(dict(input_mean=VGG_FACE_INPUT_MEAN))
     config.optim.learning_rate = 1e-3
     config.max_train_seconds = 0.0  # no CPU time budget
     return config

@@ -14,6 +14,7 @@ compute is a flag away on accelerators (--config.model.dtype=bfloat16).
 import ml_collections
 
 from jax3dmmstn.configs import load_config
+from jax3dmmstn.network.vggface import VGG_FACE_INPUT_MEAN
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -21,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.name = "imdb"
     config.data.eval_size = 1024
     config.model.init_head_from_data = True
-    config.model.localiser_kwargs.input_mean = (129.1863, 104.7624, 93.5940)  # VGG-Face's
+    config.model.localiser_kwargs.input_mean = VGG_FACE_INPUT_MEAN
     config.loss.reduction = "mean"
     config.loss.siamese_mirror_pairs = True
     config.loss.weights.landmark = 1.0

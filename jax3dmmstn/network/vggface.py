@@ -23,6 +23,11 @@ import scipy.io
 
 from jax3dmmstn.network.localisers import VGG16_BLOCKS
 
+# The released vgg-face.mat's meta.normalization.averageImage (RGB, 0..255): what its
+# networks subtract from their input. Configs that train VGG-16 without importing the file
+# (or before it is imported) state it with this.
+VGG_FACE_INPUT_MEAN = (129.1863, 104.7624, 93.5940)
+
 CONV_LAYERS = tuple(name for names, _ in VGG16_BLOCKS for name in names) + ("fc6", "fc7")
 
 
