@@ -44,7 +44,11 @@ def build_morphable_model(config):
     if kind == "npz":
         return mm_lib.MorphableModel.load(mm_config.path)
     if kind == "matconvnet":
-        return mm_lib.load_matconvnet_model(mm_config.path, mm_config.get("landmarks_path") or None)
+        return mm_lib.load_matconvnet_model(
+            mm_config.path,
+            mm_config.get("landmarks_path") or None,
+            aflw21=mm_config.get("aflw21", "original"),
+        )
     raise ValueError(
         f"unknown morphable_model.kind {kind!r}; expected 'synthetic', 'npz' or 'matconvnet'"
     )
