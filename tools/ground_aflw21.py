@@ -67,9 +67,7 @@ def main() -> None:
     result = landmark_grounding.ground_landmarks(
         model, "aflw21", *ground, prior_weight=args.prior_weight
     )
-    grounded = dataclasses.replace(
-        model, landmarks=dict(model.landmarks, aflw21=result.indices)
-    )
+    grounded = dataclasses.replace(model, landmarks=dict(model.landmarks, aflw21=result.indices))
     before = leave_one_out_nme(model, *check, args.prior_weight)
     after = leave_one_out_nme(grounded, *check, args.prior_weight)
     print(f"grounded on {args.faces} training crops, scored on {args.check_faces} others")

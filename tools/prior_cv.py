@@ -51,8 +51,14 @@ def main() -> None:
     parser.add_argument("--faces", type=int, default=3000)
     parser.add_argument("--prior-weights", default="0.3,1,1.6,3,10,30,100,1000")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--aflw21",
+        default="aflw_grounded",
+        choices=morphable_model.AFLW21_SETS,
+        help="model.mat's 21 AFLW vertices (the aflw config's: aflw_grounded)",
+    )
     args = parser.parse_args()
-    model = morphable_model.load_matconvnet_model(args.model)
+    model = morphable_model.load_matconvnet_model(args.model, aflw21=args.aflw21)
     train = aflw_crops.load_aflw_crops(args.root, "train", on_error="skip")
     rng = np.random.default_rng(args.seed)
     rows = rng.choice(len(train), min(args.faces, len(train)), replace=False)

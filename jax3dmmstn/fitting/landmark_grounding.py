@@ -69,7 +69,9 @@ def candidate_costs(model, theta, target, box, candidates, chunk: int = 500) -> 
     total = np.zeros(len(candidates))
     mean, basis = np.asarray(model.mean)[candidates], np.asarray(model.basis)[candidates]
     for start in range(0, len(theta), chunk):
-        points = np.asarray(geometry.project_theta(theta[start : start + chunk], mean, basis).points2d)
+        points = np.asarray(
+            geometry.project_theta(theta[start : start + chunk], mean, basis).points2d
+        )
         error = np.linalg.norm(points - target[start : start + chunk, None], axis=-1)
         total += (error / box[start : start + chunk, None]).sum(axis=0)
     return total / len(theta)
@@ -114,7 +116,9 @@ def ground_landmarks(
             faces, theta = leave_one_out_thetas(
                 current, landmark_set, landmarks, visible, k, prior_weight
             )
-            near = np.flatnonzero(np.linalg.norm(vertices - vertices[indices[k]], axis=1) < radius_mm)
+            near = np.flatnonzero(
+                np.linalg.norm(vertices - vertices[indices[k]], axis=1) < radius_mm
+            )
             costs = candidate_costs(model, theta, landmarks[faces, k], box[faces], near)
             scores.append(dict(zip(near.tolist(), costs.tolist())))
         new = indices.copy()
@@ -127,7 +131,9 @@ def ground_landmarks(
                 if int(mirror[v]) in scores[partner]
             ]
             if not pairs:
-                raise ValueError(f"landmark {k}: no candidate whose mirror is near landmark {partner}")
+                raise ValueError(
+                    f"landmark {k}: no candidate whose mirror is near landmark {partner}"
+                )
             _, best = min(pairs)
             new[k], new[partner] = best, mirror[best]
             cost[k], cost[partner] = scores[k][best], scores[partner][int(mirror[best])]
