@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
-from jax3dmmstn.facemodel.morphable_model import IBUG68_FLIP
+from jax3dmmstn.facemodel.morphable_model import AFLW21_FLIP, IBUG68_FLIP
 
 _MEAN_FILE = Path(__file__).with_name("ibug68_mean_3ddfa.npz")
 
@@ -196,6 +196,21 @@ def ground_ibug68(model, anchor_set: str = "aflw21", symmetric: bool | None = No
     normal, offset = symmetry_plane(model.mean, model.mirror)
     placed = symmetrize_points68(placed, normal, offset)
     return symmetric_nearest(model.mean, model.mirror, placed)
+
+
+def aflw21_vertices_from_ibug68(model) -> np.ndarray:
+    """The 21 AFLW vertices that 3DDFA's 68 -> 21 mapping (``IBUG68_TO_AFLW21``, the AFLW
+    protocol's) gives on a model's "ibug68" set: per AFLW point the vertex nearest to the mean
+    shape's point (group means for the eye and mouth centres). The image-right member of each
+    mirror pair is the model's mirror of the image-left one, so the set stays symmetric.
+    Returns [21] int32 vertex indices."""
+    vertices = np.asarray(model.mean, np.float64)
+    indices = nearest_vertices(vertices, aflw21_from_ibug68(vertices[model.landmarks["ibug68"]]))
+    mirror = np.asarray(model.mirror)
+    for k, partner in enumerate(AFLW21_FLIP):
+        if partner > k:  # AFLW numbers each pair image-left first
+            indices[partner] = mirror[indices[k]]
+    return indices
 
 
 def with_grounded_ibug68(model):

@@ -157,7 +157,7 @@ AFLW21_INDICES_112_AFLW_GROUNDED = (
     2380, 2053, 2175, 2192, 2090, 2435, 3281, 3176, 3180, 3203, 3207,
     3326, 7067, 5089, 4760, 5102, 7156, 6767, 6664, 6784, 9016,
 )  # fmt: skip
-AFLW21_SETS = ("original", "aflw_grounded")
+AFLW21_SETS = ("original", "aflw_grounded", "ibug68_mapped")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -524,9 +524,11 @@ def load_matconvnet_model(
     68-landmark mean (`landmarks68.ground_ibug68`).
     n_identity: how many of the D components are identity; default 5 when D == 10 (the
     released model: 5 BFM identity + 5 3DDFA expression components), else D.
-    aflw21: "original" (the original's vertices) or "aflw_grounded" (where AFLW's annotators
+    aflw21: "original" (the original's vertices), "aflw_grounded" (where AFLW's annotators
     put the points on the released model, ``AFLW21_INDICES_112_AFLW_GROUNDED``; 112 grid, no
-    landmark file). The 68 iBUG points are grounded from the original's set either way.
+    landmark file) or "ibug68_mapped" (3DDFA's 68 -> 21 mapping of the model's 68 iBUG
+    vertices, ``landmarks68.aflw21_vertices_from_ibug68``). The 68 iBUG points are grounded
+    from the original's set either way.
     """
     if aflw21 not in AFLW21_SETS:
         raise ValueError(f"aflw21 must be one of {AFLW21_SETS}, got {aflw21!r}")
@@ -558,9 +560,15 @@ def load_matconvnet_model(
         units="mm",
         provenance=f"MatConvNet model.mat {path.name} (res {res}, D = {d})",
     )
-    from jax3dmmstn.facemodel.landmarks68 import with_grounded_ibug68  # (imports this module)
+    from jax3dmmstn.facemodel.landmarks68 import (  # (imports this module)
+        aflw21_vertices_from_ibug68,
+        with_grounded_ibug68,
+    )
 
     model = with_grounded_ibug68(model)
+    if aflw21 == "ibug68_mapped":
+        mapped = aflw21_vertices_from_ibug68(model)
+        model = dataclasses.replace(model, landmarks={**model.landmarks, "aflw21": mapped})
     if aflw21 == "aflw_grounded":
         if landmarks_path is not None or res != 112:
             raise ValueError(
