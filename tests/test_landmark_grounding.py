@@ -6,6 +6,7 @@ import pytest
 import scipy.io
 
 from jax3dmmstn.core import geometry, pose
+from jax3dmmstn.facemodel import landmarks68
 from jax3dmmstn.facemodel import morphable_model as mm
 from jax3dmmstn.facemodel.synthetic import synthetic_face_model
 from jax3dmmstn.fitting import landmark_grounding
@@ -138,3 +139,31 @@ def test_shipped_aflw_grounded_set_is_mirror_symmetric_on_the_grid():
     # Midline points (nose tip, mouth centre, chin) sit next to the grid's centre line.
     columns = indices[~paired] % 112
     assert np.all(np.abs(columns - 55.5) <= 1.5)
+
+
+def test_ibug68_mapped_set_is_3ddfas_mapping_of_the_68(model):
+    indices = landmarks68.aflw21_vertices_from_ibug68(model)
+    ibug68 = np.asarray(model.landmarks["ibug68"])
+    mirror = np.asarray(model.mirror)
+    for k, group in enumerate(landmarks68.IBUG68_TO_AFLW21):
+        partner = mm.AFLW21_FLIP[k]
+        if partner < k:  # the image-right member: the mirror of its partner
+            assert indices[k] == mirror[indices[partner]]
+        elif len(group) == 1:  # one of the 68 (brows, eye corners, ear = jaw 2, chin = 8)
+            assert indices[k] == ibug68[group[0]]
+        else:  # eye and mouth centres: the vertex nearest to the group's mean
+            centre = model.mean[ibug68[list(group)]].mean(axis=0)
+            distances = np.linalg.norm(model.mean - centre, axis=1)
+            assert distances[indices[k]] == distances.min()
+
+
+def test_model_mat_offers_the_ibug68_mapped_set(tmp_path):
+    path = tmp_path / "model.mat"
+    _write_grid_model_mat(path)
+    original = mm.load_matconvnet_model(path)
+    mapped = mm.load_matconvnet_model(path, aflw21="ibug68_mapped")
+    np.testing.assert_array_equal(mapped.landmarks["ibug68"], original.landmarks["ibug68"])
+    np.testing.assert_array_equal(
+        mapped.landmarks["aflw21"], landmarks68.aflw21_vertices_from_ibug68(original)
+    )
+    assert mapped.landmarks["aflw21"][12] == original.landmarks["ibug68"][2]  # left ear lobe
