@@ -20,7 +20,8 @@ import numpy as np
 
 from jax3dmmstn.core import pose
 from jax3dmmstn.data import aflw_crops, preprocess
-from jax3dmmstn.evaluation import aflw2000
+from jax3dmmstn.evaluation import aflw2000, flip_test
+from jax3dmmstn.facemodel.morphable_model import IBUG68_FLIP
 
 PyTree = Any
 PREFIX = "aflw2000_"
@@ -66,15 +67,26 @@ def load_test_set(crops_root: str, aflw2000_root: str, on_error: str = "fail") -
     )
 
 
-def make_predict_fn(model, landmark_index68) -> Callable:
+def make_predict_fn(model, landmark_index68, flip: bool = False) -> Callable:
     """Jitted (params, images [B, h, w, 3]) -> (68 points [B, 68, 2] in the crops' image
-    frame, R [B, 3, 3])."""
+    frame, R [B, 3, 3]); ``flip``: both flip-tested (:mod:`evaluation.flip_test`)."""
     index = jnp.asarray(np.asarray(landmark_index68, np.int32))
 
     @jax.jit
     def predict(params, images):
         out = model.apply({"params": params}, images)
-        return out["points2d"][:, index], out["R"]
+        points, rotation = out["points2d"][:, index], out["R"]
+        if flip:
+            mirrored = model.apply({"params": params}, images[:, :, ::-1])
+            points, rotation = flip_test.flip_averaged(
+                points,
+                rotation,
+                mirrored["points2d"][:, index],
+                mirrored["R"],
+                images.shape[2],
+                IBUG68_FLIP,
+            )
+        return points, rotation
 
     return predict
 
@@ -148,7 +160,9 @@ def make_benchmark(config, model, morphable_model) -> Callable[[PyTree], dict] |
     if "ibug68" not in morphable_model.landmarks:
         raise ValueError("eval.aflw2000_root needs a morphable model with 'ibug68' landmarks")
     test_set = load_test_set(config.data.root, root, config.data.get("on_error", "fail"))
-    predict_fn = make_predict_fn(model, morphable_model.landmarks["ibug68"])
+    predict_fn = make_predict_fn(
+        model, morphable_model.landmarks["ibug68"], bool(config.eval.get("flip_test", False))
+    )
 
     def benchmark(params) -> dict:
         pred68, pred_ypr = predict(predict_fn, params, test_set)
@@ -191,7 +205,8 @@ def evaluate_checkpoint(
 
     The images are 3DDFA's crops when ``crops_root`` is given or the run trained on them
     (``data.kind == 'aflw'``: its ``data.root``), else squares around the ground-truth 68
-    points with the run's ``data.crop_margin`` (how the 300W-LP configs crop).
+    points with the run's ``data.crop_margin`` (how the 300W-LP configs crop). Flip-tested
+    when the run's ``eval.flip_test`` is set.
     """
     from jax3dmmstn.training.checkpoint import load_trained
 
@@ -209,8 +224,9 @@ def evaluate_checkpoint(
         margin = float(data.get("crop_margin", 0.25))
         test_set = own_crops_test_set(aflw2000_root, size, margin, on_error)
         framing = {"crop_margin": margin}
-    predict_fn = make_predict_fn(trained.model, trained.morphable_model.landmarks["ibug68"])
+    flip = bool(trained.config.get("eval", {}).get("flip_test", False))  # as the run scored
+    predict_fn = make_predict_fn(trained.model, trained.morphable_model.landmarks["ibug68"], flip)
     pred68, pred_ypr = predict(predict_fn, trained.params, test_set)
     rows, summary = score(test_set, pred68, pred_ypr)
-    summary.update(checkpoint_step=trained.step, image_size=size, **framing)
+    summary.update(checkpoint_step=trained.step, image_size=size, flip_test=flip, **framing)
     return rows, summary

@@ -12,7 +12,7 @@ import numpy as np
 
 from jax3dmmstn.core import geometry
 from jax3dmmstn.core import theta as theta_lib
-from jax3dmmstn.evaluation import metrics
+from jax3dmmstn.evaluation import flip_test, metrics
 
 PyTree = Any
 
@@ -20,13 +20,27 @@ PyTree = Any
 _OUTPUT_KEYS = ("landmarks", "R", "vertices3d", "theta", "texture", "mask", "masked_texture")
 
 
-def make_eval_fn(model) -> Callable:
-    """Jitted (params, images [B, H, W, 3]) -> the STN's outputs that evaluation reads."""
+def make_eval_fn(model, flip_permutation=None) -> Callable:
+    """Jitted (params, images [B, H, W, 3]) -> the STN's outputs that evaluation reads.
+
+    With the landmark set's ``flip_permutation`` [L], 'landmarks' and 'R' are flip-tested
+    (:mod:`evaluation.flip_test`); the other outputs stay the plain pass's."""
 
     @jax.jit
     def predict(params, images):
         out = model.apply({"params": params}, images)
-        return {k: out[k] for k in _OUTPUT_KEYS if k in out}
+        out = {k: out[k] for k in _OUTPUT_KEYS if k in out}
+        if flip_permutation is not None:
+            mirrored = model.apply({"params": params}, images[:, :, ::-1])
+            out["landmarks"], out["R"] = flip_test.flip_averaged(
+                out["landmarks"],
+                out["R"],
+                mirrored["landmarks"],
+                mirrored["R"],
+                images.shape[2],
+                flip_permutation,
+            )
+        return out
 
     return predict
 

@@ -71,6 +71,13 @@ def initial_state(config, model, morphable_model, tx, train_source) -> TrainStat
     return create_train_state(params, tx, config.seed)
 
 
+def _flip_test_permutation(config, morphable_model):
+    """The trained landmark set's flip permutation when ``eval.flip_test`` is on, else None."""
+    if not config.get("eval", {}).get("flip_test", False):
+        return None
+    return morphable_model.landmark_flip[config.model.get("landmarks", "aflw21")]
+
+
 def _resume(run: _Run, state: TrainState) -> TrainState:
     """The latest checkpoint's state when there is one, else ``state``; trims metrics.jsonl."""
     restored = run.checkpointer.restore(state)
@@ -241,7 +248,7 @@ def train_and_evaluate(config, workdir: str, data=None, return_state: bool = Fal
         checkpointer=Checkpointer(workdir, max_to_keep=int(config.get("keep_checkpoints", 3))),
         metrics=MetricsWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_chief),
         tensorboard=TensorBoardLog(workdir, config.get("tensorboard", "auto"), enabled=is_chief),
-        predict=heldout.make_eval_fn(model),
+        predict=heldout.make_eval_fn(model, _flip_test_permutation(config, morphable_model)),
         benchmark=aflw2000_stn.make_benchmark(config, model, morphable_model),
         config_json=config_to_dict(config),
     )
