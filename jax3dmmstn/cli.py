@@ -412,6 +412,13 @@ def _evaluate_parser() -> argparse.ArgumentParser:
         default="fail",
         help="--aflw2000: stop at a bad pair (fail) or leave it out (skip)",
     )
+    parser.add_argument(
+        "--flip-test",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--checkpoint --aflw2000: average each prediction with the mirrored crop's "
+        "(evaluation.flip_test; default: as the run's eval.flip_test)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default: in the workdir)")
     parser.add_argument("--verbosity", type=int, default=None, help=argparse.SUPPRESS)
     return parser
@@ -455,7 +462,7 @@ def _evaluate_aflw2000(args) -> int:
         from jax3dmmstn.evaluation import aflw2000_stn
 
         rows, summary = aflw2000_stn.evaluate_checkpoint(
-            args.checkpoint, args.aflw2000, args.crops, args.on_error
+            args.checkpoint, args.aflw2000, args.crops, args.on_error, args.flip_test
         )
         out_dir = args.out or os.path.join(os.path.abspath(args.checkpoint), "aflw2000")
     csv_path, json_path = aflw2000.write_outputs(out_dir, rows, summary)

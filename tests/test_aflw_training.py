@@ -73,6 +73,24 @@ def test_aflw_config_trains_on_crops_and_scores_aflw2000_as_evaluate_does(tmp_pa
     assert sorted(r["name"] for r in rows) == TEST_STEMS
 
 
+def test_flip_tested_run_is_scored_as_it_was_trained(tmp_path):
+    config = _tiny_config(tmp_path)
+    config.eval.flip_test = True
+    workdir = str(tmp_path / "work")
+    training.train_and_evaluate(config, workdir)
+    with open(os.path.join(workdir, "final_metrics.json")) as handle:
+        saved = json.load(handle)
+    _, after = aflw2000_stn.evaluate_checkpoint(workdir, config.eval.aflw2000_root)
+    assert after["flip_test"] is True
+    flat = aflw2000_stn.flat_metrics(after)
+    for key, value in flat.items():
+        assert value == pytest.approx(saved[key], rel=1e-5, nan_ok=True), key
+    _, plain = aflw2000_stn.evaluate_checkpoint(workdir, config.eval.aflw2000_root, flip=False)
+    assert plain["flip_test"] is False
+    plain = aflw2000_stn.flat_metrics(plain)
+    assert plain["aflw2000_nme68_all"] != pytest.approx(flat["aflw2000_nme68_all"], rel=1e-6)
+
+
 def test_aflw_config_needs_the_crops_folder():
     config = load_config("aflw")
     with pytest.raises(ValueError, match="data.root"):

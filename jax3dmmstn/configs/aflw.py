@@ -63,8 +63,8 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
     # flip_test: validation and AFLW2000-3D predictions averaged with the mirrored crops'
-    # (evaluation.flip_test).
-    config.eval = ml_collections.ConfigDict(dict(aflw2000_root="", flip_test=False))
+    # (evaluation.flip_test). Chosen on the validation crops: NME-21 5.70 -> 5.64 %.
+    config.eval = ml_collections.ConfigDict(dict(aflw2000_root="", flip_test=True))
     config.model.landmarks = "aflw21"
     # The jaw line is not among the 21 points: it follows from the inner face through the model
     # and its prior. Chosen on training crops only (tools/prior_cv.py): fitting the inner points

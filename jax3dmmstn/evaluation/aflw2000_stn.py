@@ -199,14 +199,18 @@ def own_crops_test_set(aflw2000_root: str, size: int, margin: float, on_error: s
 
 
 def evaluate_checkpoint(
-    workdir: str, aflw2000_root: str, crops_root: str | None = None, on_error: str = "fail"
+    workdir: str,
+    aflw2000_root: str,
+    crops_root: str | None = None,
+    on_error: str = "fail",
+    flip: bool | None = None,
 ):
     """(per-image rows, summary) of the latest checkpoint of ``workdir`` on AFLW2000-3D.
 
     The images are 3DDFA's crops when ``crops_root`` is given or the run trained on them
     (``data.kind == 'aflw'``: its ``data.root``), else squares around the ground-truth 68
     points with the run's ``data.crop_margin`` (how the 300W-LP configs crop). Flip-tested
-    when the run's ``eval.flip_test`` is set.
+    when ``flip``, by default when the run's ``eval.flip_test`` is set.
     """
     from jax3dmmstn.training.checkpoint import load_trained
 
@@ -224,7 +228,8 @@ def evaluate_checkpoint(
         margin = float(data.get("crop_margin", 0.25))
         test_set = own_crops_test_set(aflw2000_root, size, margin, on_error)
         framing = {"crop_margin": margin}
-    flip = bool(trained.config.get("eval", {}).get("flip_test", False))  # as the run scored
+    if flip is None:  # as the run scored
+        flip = bool(trained.config.get("eval", {}).get("flip_test", False))
     predict_fn = make_predict_fn(trained.model, trained.morphable_model.landmarks["ibug68"], flip)
     pred68, pred_ypr = predict(predict_fn, trained.params, test_set)
     rows, summary = score(test_set, pred68, pred_ypr)
