@@ -50,7 +50,7 @@ def _morphable_model() -> ml_collections.ConfigDict:
             kind="matconvnet",
             path="model.mat",
             landmarks_path="",
-            aflw21="original",  # or "aflw_grounded" (load_matconvnet_model)
+            aflw21="original",  # or "aflw_grounded", "ibug68_mapped" (load_matconvnet_model)
             resolution=112,
             n_identity=5,
             n_expression=5,

@@ -152,7 +152,8 @@ def default_aflw21_landmarks(resolution: int) -> np.ndarray:
 # leave-one-out fits on 3,000 AFLW training crops (never AFLW2000-3D), mirror pairs kept
 # symmetric. On 2,000 other training crops the leave-one-out NME drops from 5.48 to 4.64 %
 # (outer eyebrow corners 7.0 / 8.7 -> 4.7 / 5.2 %; the original's are 10 mm too far out).
-# The original's set stays the default, as the MatConvNet layers and their checks use it.
+# Yet a network trained on them predicts the 68 BFM points worse (README, AFLW section), so
+# the original's set stays every config's default.
 AFLW21_INDICES_112_AFLW_GROUNDED = (
     2380, 2053, 2175, 2192, 2090, 2435, 3281, 3176, 3180, 3203, 3207,
     3326, 7067, 5089, 4760, 5102, 7156, 6767, 6664, 6784, 9016,
