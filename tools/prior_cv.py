@@ -53,9 +53,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--aflw21",
-        default="aflw_grounded",
+        default="ibug68_mapped",
         choices=morphable_model.AFLW21_SETS,
-        help="model.mat's 21 AFLW vertices (the aflw config's: aflw_grounded)",
+        help="model.mat's 21 AFLW vertices (the aflw config's: ibug68_mapped)",
     )
     args = parser.parse_args()
     model = morphable_model.load_matconvnet_model(args.model, aflw21=args.aflw21)
