@@ -21,7 +21,6 @@ import dataclasses
 
 import numpy as np
 
-from jax3dmmstn.core import geometry
 from jax3dmmstn.data import aflw_crops
 from jax3dmmstn.evaluation import metrics
 from jax3dmmstn.facemodel import morphable_model
@@ -37,9 +36,10 @@ def leave_one_out_nme(model, landmarks, visible, prior_weight) -> np.ndarray:
             model, "aflw21", landmarks, visible, k, prior_weight
         )
         vertex = model.landmarks["aflw21"][k : k + 1]
-        points = geometry.project_theta(theta, model.mean[vertex], model.basis[vertex]).points2d
-        error = np.linalg.norm(np.asarray(points)[:, 0] - landmarks[faces, k], axis=-1)
-        out.append(100.0 * (error / box[faces]).mean())
+        cost = landmark_grounding.candidate_costs(
+            model, theta, landmarks[faces, k], box[faces], vertex
+        )
+        out.append(100.0 * cost[0])
     return np.array(out)
 
 
