@@ -167,3 +167,14 @@ def test_model_mat_offers_the_ibug68_mapped_set(tmp_path):
         mapped.landmarks["aflw21"], landmarks68.aflw21_vertices_from_ibug68(original)
     )
     assert mapped.landmarks["aflw21"][12] == original.landmarks["ibug68"][2]  # left ear lobe
+
+
+def test_with_landmarks_moves_an_existing_set_only(model):
+    moved = model.with_landmarks("aflw21", np.arange(21))
+    np.testing.assert_array_equal(moved.landmarks["aflw21"], np.arange(21))
+    assert moved.landmarks["aflw21"].dtype == np.int32
+    np.testing.assert_array_equal(moved.landmarks["ibug68"], model.landmarks["ibug68"])
+    with pytest.raises(ValueError, match="no landmark set 'lfpw29'"):
+        model.with_landmarks("lfpw29", np.arange(29))
+    with pytest.raises(ValueError, match=r"vertex indices in \[0, 1024\)"):
+        model.with_landmarks("aflw21", np.full(21, 5000))

@@ -17,7 +17,6 @@ worse than with the other sets (README), so the ``aflw`` config does not use the
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import numpy as np
 
@@ -69,7 +68,7 @@ def main() -> None:
     result = landmark_grounding.ground_landmarks(
         model, "aflw21", *ground, prior_weight=args.prior_weight
     )
-    grounded = dataclasses.replace(model, landmarks=dict(model.landmarks, aflw21=result.indices))
+    grounded = model.with_landmarks("aflw21", result.indices)
     before = leave_one_out_nme(model, *check, args.prior_weight)
     after = leave_one_out_nme(grounded, *check, args.prior_weight)
     print(f"grounded on {args.faces} training crops, scored on {args.check_faces} others")

@@ -285,6 +285,15 @@ class MorphableModel:
                     f"landmark_flip[{name!r}] must be a permutation of range({idx.size}), got {flip}"
                 )
 
+    def with_landmarks(self, name: str, indices) -> MorphableModel:
+        """This model with its landmark set ``name`` on other vertices ([L] 0-based indices;
+        the set and its flip permutation must exist already: the points keep their meaning)."""
+        if name not in self.landmarks:
+            raise ValueError(
+                f"the model has no landmark set {name!r} (it has {sorted(self.landmarks)})"
+            )
+        return dataclasses.replace(self, landmarks={**self.landmarks, name: indices})
+
     # ----------------------------------------------------------------------------- properties
     @property
     def n_vertices(self) -> int:
@@ -568,14 +577,12 @@ def load_matconvnet_model(
 
     model = with_grounded_ibug68(model)
     if aflw21 == "ibug68_mapped":
-        mapped = aflw21_vertices_from_ibug68(model)
-        model = dataclasses.replace(model, landmarks={**model.landmarks, "aflw21": mapped})
-    if aflw21 == "aflw_grounded":
+        model = model.with_landmarks("aflw21", aflw21_vertices_from_ibug68(model))
+    elif aflw21 == "aflw_grounded":
         if landmarks_path is not None or res != 112:
             raise ValueError(
                 f"{path}: aflw21='aflw_grounded' is defined for the released 112 x 112 model "
                 f"without landmark files (got res {res}, landmarks_path {landmarks_path!r})"
             )
-        grounded = np.array(AFLW21_INDICES_112_AFLW_GROUNDED, np.int32)
-        model = dataclasses.replace(model, landmarks={**model.landmarks, "aflw21": grounded})
+        model = model.with_landmarks("aflw21", AFLW21_INDICES_112_AFLW_GROUNDED)
     return model

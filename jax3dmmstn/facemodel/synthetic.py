@@ -21,7 +21,6 @@ is grounded on that mean (`landmarks68.ground_ibug68`). Only training-side data 
 
 from __future__ import annotations
 
-import dataclasses
 from functools import lru_cache
 
 import numpy as np
@@ -110,7 +109,7 @@ def synthetic_face_model(
     # The 68 points where the BFM's landmark vertices fall on this face (the labels' points),
     # rather than the hand-placed ones (the jaw line differs by up to 50 mm).
     grounded = landmarks68.ground_ibug68(model, anchor_set="aflw21", symmetric=True)
-    return dataclasses.replace(model, landmarks={**model.landmarks, "ibug68": grounded})
+    return model.with_landmarks("ibug68", grounded)
 
 
 def _check_arguments(resolution, n_identity: int, n_expression: int) -> None:

@@ -24,7 +24,6 @@ BFM's landmark convention rather than AFLW's annotators'.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import numpy as np
@@ -44,12 +43,6 @@ class Grounding(NamedTuple):
     indices: np.ndarray  # [L] int32, the grounded vertices
     moved_mm: np.ndarray  # [L] distance from the starting vertex on the mean shape
     cost: np.ndarray  # [L] the chosen vertices' leave-one-out NME (fraction of the box)
-
-
-def _with_landmarks(model, landmark_set: str, indices: np.ndarray):
-    return dataclasses.replace(
-        model, landmarks=dict(model.landmarks, **{landmark_set: np.asarray(indices, np.int32)})
-    )
 
 
 def leave_one_out_thetas(model, landmark_set, landmarks, visible, point: int, prior_weight):
@@ -115,7 +108,7 @@ def ground_landmarks(
     box = metrics.landmark_box_size(landmarks, visible)
     indices, cost = start.copy(), np.zeros(len(start))
     for _ in range(iterations):
-        current = _with_landmarks(model, landmark_set, indices)
+        current = model.with_landmarks(landmark_set, indices)
         scores = []  # per point: {vertex: leave-one-out cost}
         for k in range(len(indices)):
             faces, theta = leave_one_out_thetas(
