@@ -146,6 +146,14 @@ def test_loss_composition_sum_and_mean():
     )
     assert float(means["landmark"]) == pytest.approx(25.0, rel=1e-5)
     assert float(means["prior"]) == pytest.approx(0.5)
+    distances = training.compute_losses(
+        outputs,
+        batch,
+        ml_collections.ConfigDict(
+            {"reduction": "mean", "landmark_distance": "euclidean", "weights": weights}
+        ),
+    )
+    assert float(distances["landmark"]) == pytest.approx(5.0, rel=1e-5)  # every error is 5 px
     # Texture terms: core.losses' mean reduction (sum / count of visible values).
     texture, mask = outputs["texture"], outputs["mask"]
     expected_siamese = loss_lib.siamese_loss(texture, mask, reduction="mean")

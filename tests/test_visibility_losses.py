@@ -83,6 +83,28 @@ def test_landmark_loss_values():
     np.testing.assert_array_equal(grad, [[[0, 4], [6, 8], [0, 0]]])
 
 
+def test_landmark_loss_euclidean_distance():
+    """The distance itself: errors (0, 2) and (3, 4) cost 2 + 5; each point is pulled along
+    its error by a unit force, whatever the error's size (the squared form pulls with 2 e)."""
+    pred = jnp.array([[[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]]])
+    target = jnp.array([[[1.0, 0.0], [0.0, 0.0], [jnp.nan, jnp.nan]]])
+    vis = jnp.array([[1.0, 1.0, 0.0]])
+
+    def loss(p, reduction="sum"):
+        return L.landmark_loss(p, target, vis, reduction=reduction, distance="euclidean")
+
+    assert float(loss(pred)) == pytest.approx(2 + 5, rel=1e-6)
+    assert float(loss(pred, "mean")) == pytest.approx(7 / 2, rel=1e-6)
+    np.testing.assert_allclose(jax.grad(loss)(pred), [[[0, 1], [0.6, 0.8], [0, 0]]], rtol=1e-6)
+    # Smooth and finite at a zero error (the floor under the root), and the finite
+    # differences agree at a generic point.
+    at_target = jnp.where(jnp.isnan(target), 0.0, target)
+    np.testing.assert_array_equal(jax.grad(loss)(at_target), np.zeros((1, 3, 2)))
+    jax.test_util.check_grads(loss, (pred + 0.3,), order=2, modes=["rev"])
+    with pytest.raises(ValueError, match="distance must be one of"):
+        L.landmark_loss(pred, target, vis, reduction="sum", distance="l1")
+
+
 def test_prior_loss():
     alpha = jnp.array([[1.0, -2.0], [3.0, 0.0]])
     assert float(L.prior_loss(alpha, reduction="sum")) == 14

@@ -99,6 +99,7 @@ def _loss() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(
             reduction="sum",
+            landmark_distance="squared",
             siamese_mirror_pairs=False,
             weights=ml_collections.ConfigDict(
                 dict(landmark=0.8998, prior=0.1, siamese=1e-4, symmetry=1e-4)

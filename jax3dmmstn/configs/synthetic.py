@@ -118,6 +118,7 @@ def _loss() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(
             reduction="mean",
+            landmark_distance="squared",  # the original's; 'euclidean': the distance itself
             siamese_mirror_pairs=True,
             weights=ml_collections.ConfigDict(
                 dict(landmark=1.0, prior=0.1, siamese=1e-4, symmetry=1e-4)

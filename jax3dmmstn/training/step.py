@@ -72,11 +72,13 @@ def compute_losses(
     """Loss terms of one shard and their weighted total (see :func:`_share` for sharding).
 
     outputs: the STN's dict; batch: 'landmarks' [b, L, 2] (image frame), 'landmark_visible'
-    [b, L]. loss_config: ``weights`` (landmark, prior, siamese, symmetry), ``reduction``:
-      'sum' (the original): landmark = sum over the global batch of squared pixel errors of
-        visible landmarks; prior = sum of alpha**2;
+    [b, L]. loss_config: ``weights`` (landmark, prior, siamese, symmetry),
+    ``landmark_distance`` ('squared', the original, or 'euclidean'; see
+    :func:`jax3dmmstn.core.losses.landmark_loss`), ``reduction``:
+      'sum' (the original): landmark = sum over the global batch of the visible landmarks'
+        squared pixel errors (or distances); prior = sum of alpha**2;
       'mean': landmark = that sum / number of visible landmarks (a mean squared distance in
-        pixels**2); prior = sum / global batch size.
+        pixels**2, or a mean distance in pixels); prior = sum / global batch size.
     The texture terms are the original's in both cases: sum of squared differences over the
     global batch divided by the global number of visible texture values (the sums come from
     :mod:`jax3dmmstn.core.losses`, the counts are combined across devices here).
@@ -93,7 +95,11 @@ def compute_losses(
     alpha = outputs["alpha"]
     # The per-shard sums; the reduction only decides what they are divided by.
     landmark_sum = loss_lib.landmark_loss(
-        outputs["landmarks"], batch["landmarks"], visible, reduction="sum"
+        outputs["landmarks"],
+        batch["landmarks"],
+        visible,
+        reduction="sum",
+        distance=loss_config.get("landmark_distance", "squared"),
     )
     prior_sum = loss_lib.prior_loss(alpha, reduction="sum")
     mean = reduction == "mean"
