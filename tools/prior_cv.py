@@ -11,7 +11,9 @@ box; and, as a second check, four random visible points held out. Printed per fi
 weight (on summed squared pixel errors) with the equivalent training-loss weight
 (``loss.weights.prior`` with mean-reduced losses: the fitter's weight divided by the mean
 number of visible points, since the training loss divides the landmark sum by that count and
-the prior sum by the batch size).
+the prior sum by the batch size). That is for the squared distance; the aflw config's loss on
+the distance itself, at its landmark weight of 8, pulls as hard as the squared one at the
+4-pixel mean error, so the same prior weight holds there.
 """
 
 from __future__ import annotations

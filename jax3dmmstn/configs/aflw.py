@@ -87,7 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.weights.landmark = 8.0
     # The steps that fit the budget below at this network's speed on 2 cores (158 images/s on
     # a slow day: the budget stopped a 17,500-step schedule at 15,983), with a margin, so that
-    # the cosine schedule runs to its end (15,500 steps took 49.5 min on the measured day).
+    # the cosine schedule runs to its end (15,500 steps took 48.5 and 49.5 min in measured runs).
     config.total_steps = 15500
     config.max_train_seconds = 3300.0  # stop (and evaluate) after 55 minutes of training
     config.eval_every = 2500
